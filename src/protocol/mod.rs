@@ -1,0 +1,1 @@
+//! Wire protocol: request/response types, framing, limits. See `docs/protocol.md`.
