@@ -1,1 +1,111 @@
 //! The network server.
+//!
+//! [`run`] serves an engine on a bound listener until a
+//! [`CancellationToken`] is cancelled, then shuts down gracefully: it stops
+//! accepting, lets every connection finish the requests it is executing
+//! and send their responses, waits for the connections to close, flushes
+//! the engine to stable storage and releases the pool. Tests and
+//! benchmarks call it in-process on `127.0.0.1:0`; `kvs-server` goes
+//! through [`serve`], which also opens the engine and binds the address.
+
+mod config;
+mod connection;
+mod engine;
+mod launch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+pub use config::{MIN_FRAME_LEN, ServerConfig};
+pub use engine::{ENGINE_RECORD, EngineKind, ServerEngine, check_and_record_engine};
+pub use launch::{Settings, serve};
+
+use crate::Result;
+use crate::thread_pool::SharedQueueThreadPool;
+use connection::Shared;
+
+/// First and longest pause after a failed `accept` (EMFILE and the like):
+/// the loop backs off instead of spinning on an error that persists.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
+
+/// Serves `engine` on `listener` until `token` is cancelled, then shuts
+/// down gracefully (see the module docs) and returns.
+///
+/// Every engine call runs on `pool`. The pool is dropped, which joins its
+/// workers, before this returns, unless the caller kept another `Arc` to
+/// it. `Err` only for an invalid `config` or a failed final flush.
+pub async fn run<E: ServerEngine>(
+    listener: TcpListener,
+    engine: E,
+    pool: Arc<SharedQueueThreadPool>,
+    config: ServerConfig,
+    token: CancellationToken,
+) -> Result<()> {
+    config.validate()?;
+    let connections = Arc::new(Semaphore::new(config.max_connections));
+    let max_frame_len = config.max_frame_len;
+    let shared = Arc::new(Shared { pool, config });
+    let tracker = TaskTracker::new();
+    let mut backoff = ACCEPT_BACKOFF.0;
+
+    loop {
+        let accepted = tokio::select! {
+            () = token.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = ACCEPT_BACKOFF.0;
+                match connections.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let shared = shared.clone();
+                        let (engine, token) = (engine.clone(), token.clone());
+                        let conn = connection::serve(stream, peer, shared, engine, token, permit);
+                        tracker.spawn(conn);
+                    }
+                    Err(_) => {
+                        tracker.spawn(connection::reject(stream, peer, max_frame_len));
+                    }
+                }
+            }
+            Err(e) => {
+                warn!("accept failed: {e}; retrying in {backoff:?}");
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+            }
+        }
+    }
+
+    drop(listener);
+    info!(
+        connections = tracker.len(),
+        "shutting down: waiting for connections to finish"
+    );
+    tracker.close();
+    tracker.wait().await;
+
+    // Every response has been sent; make what they acknowledged durable.
+    let flushed = shared.pool.run(move || engine.flush()).await;
+    // Dropping the last handle joins the pool's workers: a blocking wait,
+    // so not on a runtime worker.
+    let _ = tokio::task::spawn_blocking(move || drop(shared)).await;
+    match flushed.and_then(|r| r) {
+        Ok(()) => {
+            info!("shutdown complete");
+            Ok(())
+        }
+        Err(e) => {
+            error!("final flush failed: {e}");
+            Err(e)
+        }
+    }
+}
