@@ -1,0 +1,148 @@
+//! Compaction: rewrite live records into a new segment, off the request path.
+//! The steps and why a crash at any of them is safe are in `docs/design.md`.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::sync::atomic::Ordering;
+
+use super::index::{Loc, now_ms};
+use super::record::{self, SEGMENT_HEADER_LEN};
+use super::segment::{self, SegmentId};
+use super::{Core, FailPoint};
+use crate::{KvsError, Result};
+
+/// Index updates published per writer-lock hold, so writers wait at most
+/// one chunk.
+const PUBLISH_CHUNK: usize = 1024;
+
+fn fail_if(core: &Core, here: FailPoint) -> Result<()> {
+    if core.opts.fail_point == Some(here) {
+        return Err(KvsError::Io(std::io::Error::other(format!("injected crash at {here:?}"))));
+    }
+    Ok(())
+}
+
+/// Runs one compaction.
+pub fn run(core: &Core) -> Result<()> {
+    // Step 1: seal the active segment; `out` sorts after every input.
+    let (out, lsn) = {
+        let mut w = core.lock_writer();
+        let out = w.active + 1;
+        w.rotate(&core.dir, out + 1)?;
+        (out, w.lsn)
+    };
+    core.commit.mark_durable(lsn);
+    let inputs: Vec<SegmentId> = segment::list_and_clean(&core.dir)?.into_iter().filter(|&id| id < out).collect();
+
+    // Step 2: copy live records of the inputs into the temp file.
+    let tmp = segment::tmp_path(&core.dir, out);
+    let copied = match copy_live(core, out, &tmp) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    fail_if(core, FailPoint::BeforeRename)?;
+
+    // Step 3: make the output durable under its real name.
+    let final_path = segment::path(&core.dir, out);
+    fs::rename(&tmp, &final_path)?;
+    segment::sync_dir(&core.dir)?;
+    fail_if(core, FailPoint::BeforePublish)?;
+
+    // Step 4: publish, in chunks, only entries nobody changed meanwhile.
+    for chunk in copied.moved.chunks(PUBLISH_CHUNK) {
+        let mut w = core.lock_writer();
+        for (key, old, new) in chunk {
+            match new {
+                Some(new) => {
+                    if core.index.get(key.as_str()).is_some_and(|e| e.value() == old) {
+                        core.index.insert(key.clone(), *new);
+                    }
+                }
+                None => {
+                    if core.index.get(key.as_str()).is_some_and(|e| e.value() == old) {
+                        core.index.remove(key.as_str());
+                        w.live_bytes -= old.len as u64;
+                    }
+                }
+            }
+        }
+    }
+
+    // Step 5: retire the inputs, oldest first.
+    core.retired_below.store(out, Ordering::Release);
+    let mut freed = 0;
+    for (i, &id) in inputs.iter().enumerate() {
+        if i == 1 {
+            fail_if(core, FailPoint::AfterFirstDelete)?;
+        }
+        let p = segment::path(&core.dir, id);
+        freed += fs::metadata(&p)?.len();
+        fs::remove_file(&p)?;
+    }
+    segment::sync_dir(&core.dir)?;
+    let mut w = core.lock_writer();
+    w.disk_bytes = w.disk_bytes + copied.out_len - freed;
+    tracing::info!(
+        segment = out,
+        inputs = inputs.len(),
+        freed_bytes = freed,
+        written_bytes = copied.out_len,
+        "compaction done"
+    );
+    Ok(())
+}
+
+struct Copied {
+    /// (key, position before, position after or `None` for an expired key).
+    moved: Vec<(String, Loc, Option<Loc>)>,
+    out_len: u64,
+}
+
+fn copy_live(core: &Core, out: SegmentId, tmp: &std::path::Path) -> Result<Copied> {
+    let file = OpenOptions::new().write(true).create_new(true).open(tmp)?;
+    let mut bw = BufWriter::with_capacity(1 << 20, file);
+    bw.write_all(&record::segment_header())?;
+    let mut pos = SEGMENT_HEADER_LEN;
+    let mut handles: HashMap<SegmentId, File> = HashMap::new();
+    let mut moved = Vec::new();
+    let mut buf = Vec::new();
+    let now = now_ms();
+    for entry in core.index.iter() {
+        if core.stopping.load(Ordering::Relaxed) {
+            return Err(KvsError::Closed("store is closing; compaction abandoned".into()));
+        }
+        let old = *entry.value();
+        if old.seg >= out {
+            continue;
+        }
+        if old.expired_at(now) {
+            moved.push((entry.key().clone(), old, None));
+            continue;
+        }
+        let f = match handles.get(&old.seg) {
+            Some(f) => f,
+            None => {
+                let f = File::open(segment::path(&core.dir, old.seg))?;
+                handles.entry(old.seg).or_insert(f)
+            }
+        };
+        segment::read_record(
+            f,
+            || segment::path(&core.dir, old.seg),
+            old.offset,
+            old.len as usize,
+            Some(entry.key()),
+            &mut buf,
+        )?;
+        bw.write_all(&buf)?;
+        moved.push((entry.key().clone(), old, Some(Loc { seg: out, offset: pos, ..old })));
+        pos += old.len as u64;
+    }
+    let file = bw.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    Ok(Copied { moved, out_len: pos })
+}

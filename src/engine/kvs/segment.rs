@@ -1,0 +1,198 @@
+//! Segment files: naming, listing, creation, and reading records back.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::record::{self, Header, Kind, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use crate::{KvsError, Result};
+
+/// Segment ids are `u32`: at one segment per 64 MiB that is 256 PiB of writes.
+pub type SegmentId = u32;
+
+/// Path of segment `id` in `dir`.
+pub fn path(dir: &Path, id: SegmentId) -> PathBuf {
+    dir.join(format!("{id:020}.log"))
+}
+
+/// Path of the unfinished compaction output `id` in `dir`.
+pub fn tmp_path(dir: &Path, id: SegmentId) -> PathBuf {
+    dir.join(format!("{id:020}.log.tmp"))
+}
+
+/// Lists the segment ids in `dir`, sorted, and deletes leftover temp files.
+pub fn list_and_clean(dir: &Path) -> Result<Vec<SegmentId>> {
+    let mut ids = Vec::new();
+    let mut removed = false;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(stem) = name.strip_suffix(".log.tmp") {
+            if stem.parse::<SegmentId>().is_ok() {
+                tracing::warn!(file = %entry.path().display(), "deleting unfinished compaction output");
+                fs::remove_file(entry.path())?;
+                removed = true;
+            }
+        } else if let Some(stem) = name.strip_suffix(".log")
+            && let Ok(id) = stem.parse::<SegmentId>()
+        {
+            ids.push(id);
+        }
+    }
+    if removed {
+        sync_dir(dir)?;
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Makes creations, renames and deletions in `dir` durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates segment `id` with its header, synced, and syncs the directory.
+pub fn create(dir: &Path, id: SegmentId) -> Result<File> {
+    let p = path(dir, id);
+    let file = OpenOptions::new().read(true).write(true).create_new(true).open(&p)?;
+    file.write_all_at(&record::segment_header(), 0)?;
+    file.sync_all()?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+/// A record found by [`scan`].
+pub struct Scanned<'a> {
+    /// Offset of the record in its segment.
+    pub offset: u64,
+    /// Its decoded header.
+    pub header: Header,
+    /// Its key bytes (UTF-8 checked).
+    pub key: &'a str,
+}
+
+/// How a scan ended.
+pub enum ScanEnd {
+    /// Every byte was a valid record.
+    Clean {
+        /// File length.
+        len: u64,
+    },
+    /// A bad or cut record starts at `offset`.
+    Bad {
+        /// Offset of the first byte that is not part of a valid record.
+        offset: u64,
+        /// What was wrong.
+        reason: String,
+        /// File length.
+        len: u64,
+        /// A valid record follows the bad one: the damage is inside the
+        /// file, not a torn tail.
+        followed_by_valid: bool,
+    },
+}
+
+/// Reads every record of segment file `p` in order, calling `f` for each
+/// valid one, and reports where (if anywhere) the valid records stop.
+/// A file too short for its header is `Bad` at offset 0.
+pub fn scan(p: &Path, mut f: impl FnMut(Scanned<'_>)) -> Result<ScanEnd> {
+    let file = File::open(p)?;
+    let len = file.metadata()?.len();
+    let mut rd = BufReader::with_capacity(1 << 20, file);
+    let bad = |offset: u64, reason: String| Ok(ScanEnd::Bad { offset, reason, len, followed_by_valid: false });
+
+    let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
+    if len < SEGMENT_HEADER_LEN {
+        return bad(0, "segment shorter than its header".into());
+    }
+    rd.read_exact(&mut h)?;
+    match record::check_segment_header(&h) {
+        Ok(()) => {}
+        Err(record::HeaderError::BadMagic) => return bad(0, "not a kvs segment (bad magic)".into()),
+        Err(record::HeaderError::Version(version)) => {
+            return Err(KvsError::UnsupportedVersion { path: p.to_path_buf(), version });
+        }
+    }
+
+    let mut offset = SEGMENT_HEADER_LEN;
+    let mut buf = Vec::with_capacity(4096);
+    while offset < len {
+        if len - offset < RECORD_HEADER_LEN as u64 {
+            return bad(offset, "record header cut short".into());
+        }
+        buf.resize(RECORD_HEADER_LEN, 0);
+        rd.read_exact(&mut buf)?;
+        let hb: &[u8; RECORD_HEADER_LEN] = buf[..].try_into().expect("buffer sized to the header");
+        let header = match Header::decode(hb) {
+            Ok(h) => h,
+            Err(reason) => return bad(offset, reason),
+        };
+        let rec_len = header.record_len() as u64;
+        if len - offset < rec_len {
+            return bad(offset, "record cut short".into());
+        }
+        buf.resize(rec_len as usize, 0);
+        rd.read_exact(&mut buf[RECORD_HEADER_LEN..])?;
+        if !record::crc_ok(&buf, header.crc) {
+            let next = offset + rec_len;
+            let followed_by_valid = valid_record_at(rd.get_ref(), next, len);
+            return Ok(ScanEnd::Bad { offset, reason: "checksum mismatch".into(), len, followed_by_valid });
+        }
+        let key_bytes = &buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + header.key_len];
+        let Ok(key) = std::str::from_utf8(key_bytes) else {
+            return bad(offset, "key is not UTF-8".into());
+        };
+        f(Scanned { offset, header, key });
+        offset += rec_len;
+    }
+    Ok(ScanEnd::Clean { len })
+}
+
+/// Whether a whole, valid record starts at `offset` of a file of `len` bytes.
+fn valid_record_at(file: &File, offset: u64, len: u64) -> bool {
+    let mut h = [0u8; RECORD_HEADER_LEN];
+    if len.saturating_sub(offset) < RECORD_HEADER_LEN as u64 || file.read_exact_at(&mut h, offset).is_err() {
+        return false;
+    }
+    let Ok(header) = Header::decode(&h) else { return false };
+    let rec_len = header.record_len();
+    if len - offset < rec_len as u64 {
+        return false;
+    }
+    let mut buf = vec![0u8; rec_len];
+    file.read_exact_at(&mut buf, offset).is_ok() && record::crc_ok(&buf, header.crc)
+}
+
+/// Reads the record of `len` bytes at `offset` in `file` into `buf`, checks
+/// it, and returns its header. `key` (when given) must match the record's.
+pub fn read_record(
+    file: &File,
+    p: impl Fn() -> PathBuf,
+    offset: u64,
+    len: usize,
+    key: Option<&str>,
+    buf: &mut Vec<u8>,
+) -> Result<Header> {
+    buf.resize(len, 0);
+    file.read_exact_at(buf, offset)?;
+    let corrupt = |reason: &str| KvsError::Corrupt { path: p(), offset, reason: reason.to_string() };
+    if len < RECORD_HEADER_LEN {
+        return Err(corrupt("record shorter than a header"));
+    }
+    let hb: &[u8; RECORD_HEADER_LEN] = buf[..RECORD_HEADER_LEN].try_into().expect("length checked above");
+    let header = Header::decode(hb).map_err(|r| corrupt(&r))?;
+    if header.record_len() != len || !record::crc_ok(buf, header.crc) {
+        return Err(corrupt("checksum mismatch"));
+    }
+    if let Some(k) = key
+        && &buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + header.key_len] != k.as_bytes()
+    {
+        return Err(corrupt("record holds another key"));
+    }
+    if header.kind != Kind::Put {
+        return Err(corrupt("index points at a tombstone"));
+    }
+    Ok(header)
+}

@@ -1,0 +1,117 @@
+//! The single writer: appends records, rotates segments, group commit.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use super::record::SEGMENT_HEADER_LEN;
+use super::segment::{self, SegmentId};
+use crate::Result;
+
+/// State owned by whoever holds the writer lock.
+pub struct Writer {
+    /// Id of the segment being appended to.
+    pub active: SegmentId,
+    /// Its file. An `Arc` so the group-commit syncer can fsync it without
+    /// holding the writer lock.
+    pub file: Arc<File>,
+    /// Append position in the active segment.
+    pub pos: u64,
+    /// Log sequence number: bytes appended since open, across segments.
+    pub lsn: u64,
+    /// Bytes in all segment files.
+    pub disk_bytes: u64,
+    /// Bytes of the records the index points to.
+    pub live_bytes: u64,
+    /// Encode buffer, reused.
+    pub buf: Vec<u8>,
+}
+
+impl Writer {
+    /// Appends the encoded record in `self.buf`; returns its offset. On a
+    /// failed write the file is cut back so no torn record sits before the
+    /// next one.
+    pub fn append_buf(&mut self) -> Result<u64> {
+        let offset = self.pos;
+        if let Err(e) = self.file.write_all_at(&self.buf, offset) {
+            let _ = self.file.set_len(offset);
+            return Err(e.into());
+        }
+        let len = self.buf.len() as u64;
+        self.pos += len;
+        self.lsn += len;
+        self.disk_bytes += len;
+        Ok(offset)
+    }
+
+    /// Closes the active segment (synced) and starts segment `new_id`.
+    pub fn rotate(&mut self, dir: &Path, new_id: SegmentId) -> Result<()> {
+        // NOTE: the old segment is synced before the new one exists, so after
+        // a power loss only the newest segment can have a torn tail, which is
+        // the only place recovery may cut.
+        self.file.sync_data()?;
+        let file = segment::create(dir, new_id)?;
+        self.file = Arc::new(file);
+        self.active = new_id;
+        self.pos = SEGMENT_HEADER_LEN;
+        self.disk_bytes += SEGMENT_HEADER_LEN;
+        Ok(())
+    }
+}
+
+/// Group commit: writers wait until an fsync covers their record, and one
+/// fsync serves every writer that appended before it started.
+#[derive(Default)]
+pub struct GroupCommit {
+    state: Mutex<SyncState>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct SyncState {
+    synced_lsn: u64,
+    syncing: bool,
+}
+
+impl GroupCommit {
+    fn lock(&self) -> MutexGuard<'_, SyncState> {
+        // A panic while holding this lock leaves plain numbers behind, which
+        // stay valid, so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns once everything up to `lsn` is on stable storage. `current`
+    /// gives the file to sync and the lsn it holds data up to; it is called
+    /// without this lock held.
+    pub fn wait_durable(&self, lsn: u64, current: impl Fn() -> (Arc<File>, u64)) -> Result<()> {
+        let mut s = self.lock();
+        loop {
+            if s.synced_lsn >= lsn {
+                return Ok(());
+            }
+            if !s.syncing {
+                s.syncing = true;
+                drop(s);
+                let (file, target) = current();
+                let r = file.sync_data();
+                s = self.lock();
+                s.syncing = false;
+                if r.is_ok() {
+                    s.synced_lsn = s.synced_lsn.max(target);
+                }
+                self.done.notify_all();
+                r?;
+                continue;
+            }
+            s = self.done.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Records that everything up to `lsn` is durable (after a rotation
+    /// synced the old segment).
+    pub fn mark_durable(&self, lsn: u64) {
+        let mut s = self.lock();
+        s.synced_lsn = s.synced_lsn.max(lsn);
+    }
+}
