@@ -58,12 +58,14 @@ pub fn run(core: &Core) -> Result<()> {
         for (key, old, new) in chunk {
             match new {
                 Some(new) => {
-                    if core.index.get(key.as_str()).is_some_and(|e| e.value() == old) {
-                        core.index.insert(key.clone(), *new);
+                    if let Some(e) = core.index.get(key.as_str())
+                        && e.value().load() == *old
+                    {
+                        e.value().store(*new);
                     }
                 }
                 None => {
-                    if core.index.get(key.as_str()).is_some_and(|e| e.value() == old) {
+                    if core.index.get(key.as_str()).is_some_and(|e| e.value().load() == *old) {
                         core.index.remove(key.as_str());
                         w.live_bytes -= old.len as u64;
                     }
@@ -115,7 +117,7 @@ fn copy_live(core: &Core, out: SegmentId, tmp: &std::path::Path) -> Result<Copie
         if core.stopping.load(Ordering::Relaxed) {
             return Err(KvsError::Closed("store is closing; compaction abandoned".into()));
         }
-        let old = *entry.value();
+        let old = entry.value().load();
         if old.seg >= out {
             continue;
         }

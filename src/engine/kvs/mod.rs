@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use index::{Index, Loc, now_ms};
+use index::{Index, Loc, Slot, now_ms};
 use reader::Reader;
 use record::{Kind, MAX_KEY_LEN, MAX_VALUE_LEN};
 use segment::SegmentId;
@@ -196,7 +196,8 @@ impl Core {
             )));
         }
         let mut w = self.lock_writer();
-        let old = self.index.get(key.as_str()).map(|e| *e.value());
+        let entry = self.index.get(key.as_str());
+        let old = entry.as_ref().map(|e| e.value().load());
         if kind == Kind::Tombstone && old.is_none_or(|l| l.expired()) {
             return Err(KvsError::KeyNotFound);
         }
@@ -216,7 +217,12 @@ impl Core {
         match kind {
             Kind::Put => {
                 let loc = Loc { seg: w.active, len: len as u32, offset, expires_at };
-                self.index.insert(key, loc);
+                match &entry {
+                    Some(e) => e.value().store(loc),
+                    None => {
+                        self.index.insert(key, Slot::new(loc));
+                    }
+                }
                 w.live_bytes += len;
             }
             Kind::Tombstone => {

@@ -1,6 +1,7 @@
 //! The per-clone read path: no lock, own file handles.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fs::File;
 use std::io;
 use std::sync::atomic::Ordering;
@@ -34,11 +35,10 @@ impl Reader {
     }
 
     fn file(&mut self, core: &Core, id: SegmentId) -> io::Result<&File> {
-        if !self.files.contains_key(&id) {
-            let f = File::open(segment::path(&core.dir, id))?;
-            self.files.insert(id, f);
+        match self.files.entry(id) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(v) => Ok(v.insert(File::open(segment::path(&core.dir, id))?)),
         }
-        Ok(&self.files[&id])
     }
 
     /// Reads the current value of `key`.
@@ -46,7 +46,7 @@ impl Reader {
         for _ in 0..MAX_RETRIES {
             self.refresh(core);
             let Some(entry) = core.index.get(key) else { return Ok(None) };
-            let loc = *entry.value();
+            let loc = entry.value().load();
             drop(entry);
             if loc.expired() {
                 return Ok(None);

@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::index::{Index, Loc};
+use super::index::{Index, Loc, Slot};
 use super::record::{self, Kind, SEGMENT_HEADER_LEN};
 use super::segment::{self, ScanEnd, SegmentId};
 use crate::{KvsError, Result};
@@ -83,7 +83,7 @@ pub fn recover(dir: &Path, index: &Index) -> Result<Recovered> {
 
     let live_bytes = map.values().map(|l| l.len as u64).sum();
     for (k, v) in map {
-        index.insert(k, v);
+        index.insert(k, Slot::new(v));
     }
     let file = OpenOptions::new().read(true).write(true).open(segment::path(dir, newest))?;
     Ok(Recovered { active: newest, file, pos: newest_len, disk_bytes, live_bytes })
