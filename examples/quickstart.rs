@@ -7,7 +7,9 @@ use std::time::Instant;
 use kvs::{KvStore, KvsEngine};
 
 fn main() -> kvs::Result<()> {
-    let dir = std::env::args().nth(1).unwrap_or_else(|| "kvs-data".to_string());
+    let dir = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "kvs-data".to_string());
     let n = 100_000;
     let store = KvStore::open(&dir)?;
 
@@ -26,13 +28,19 @@ fn main() -> kvs::Result<()> {
     store.remove("key000000".to_string())?;
     store.compact()?;
     let stats = store.stats();
-    println!("after remove + compaction: {} keys, {} live bytes, {} on disk", stats.keys, stats.live_bytes, stats.disk_bytes);
+    println!(
+        "after remove + compaction: {} keys, {} live bytes, {} on disk",
+        stats.keys, stats.live_bytes, stats.disk_bytes
+    );
     drop(store);
 
     let t = Instant::now();
     let store = KvStore::open(&dir)?;
     println!("reopened {} keys in {:?}", store.stats().keys, t.elapsed());
     println!("key000001 = {:?}", store.get("key000001".to_string())?);
-    println!("key000000 = {:?} (removed)", store.get("key000000".to_string())?);
+    println!(
+        "key000000 = {:?} (removed)",
+        store.get("key000000".to_string())?
+    );
     Ok(())
 }

@@ -34,7 +34,10 @@ fn clones_write_and_read_concurrently() {
     for t in 0..8 {
         for k in 0..50 {
             let last = 250 + k;
-            assert_eq!(s.get(format!("t{t}-k{k}")).unwrap(), Some(format!("{t}-{last}")));
+            assert_eq!(
+                s.get(format!("t{t}-k{k}")).unwrap(),
+                Some(format!("{t}-{last}"))
+            );
         }
     }
 }
@@ -45,7 +48,14 @@ fn readers_never_see_errors_or_wrong_values_during_compactions() {
     let mut o = opts();
     o.auto_compact = true;
     let s = KvStore::open_with(dir.path(), o).unwrap();
-    let fixed: Vec<(String, String)> = (0..200).map(|i| (format!("fixed{i}"), format!("value-{i}-{}", "x".repeat(i % 40)))).collect();
+    let fixed: Vec<(String, String)> = (0..200)
+        .map(|i| {
+            (
+                format!("fixed{i}"),
+                format!("value-{i}-{}", "x".repeat(i % 40)),
+            )
+        })
+        .collect();
     for (k, v) in &fixed {
         s.set(k.clone(), v.clone()).unwrap();
     }
@@ -74,7 +84,9 @@ fn readers_never_see_errors_or_wrong_values_during_compactions() {
         scope.spawn(move || {
             for round in 0..6 {
                 for i in 0..300 {
-                    writer.set(format!("churn{i}"), format!("{round}-{}", "y".repeat(64))).unwrap();
+                    writer
+                        .set(format!("churn{i}"), format!("{round}-{}", "y".repeat(64)))
+                        .unwrap();
                 }
                 writer.compact().unwrap();
             }
@@ -82,7 +94,10 @@ fn readers_never_see_errors_or_wrong_values_during_compactions() {
         });
     });
     assert!(reads.load(Ordering::Relaxed) > 100, "readers ran");
-    assert!(s.active_segment() >= first_seg + 12, "six compactions each moved the active segment by two");
+    assert!(
+        s.active_segment() >= first_seg + 12,
+        "six compactions each moved the active segment by two"
+    );
     for (k, v) in &fixed {
         assert_eq!(s.get(k.clone()).unwrap().as_ref(), Some(v));
     }

@@ -37,7 +37,12 @@ fn run(seed: u64, steps: usize) {
                     None => assert!(matches!(got, Err(KvsError::KeyNotFound)), "{}", ctx()),
                 }
             }
-            65..95 => assert_eq!(store.get(key.clone()).unwrap(), model.get(&key).cloned(), "{}", ctx()),
+            65..95 => assert_eq!(
+                store.get(key.clone()).unwrap(),
+                model.get(&key).cloned(),
+                "{}",
+                ctx()
+            ),
             95..98 => {
                 drop(store);
                 store = KvStore::open_with(dir.path(), opts()).unwrap();
@@ -49,7 +54,11 @@ fn run(seed: u64, steps: usize) {
     let store = KvStore::open_with(dir.path(), opts()).unwrap();
     for i in 0..40 {
         let key = format!("key{i}");
-        assert_eq!(store.get(key.clone()).unwrap(), model.get(&key).cloned(), "seed {seed}, final {key}");
+        assert_eq!(
+            store.get(key.clone()).unwrap(),
+            model.get(&key).cloned(),
+            "seed {seed}, final {key}"
+        );
     }
 }
 

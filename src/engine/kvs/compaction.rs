@@ -18,7 +18,9 @@ const PUBLISH_CHUNK: usize = 1024;
 
 fn fail_if(core: &Core, here: FailPoint) -> Result<()> {
     if core.opts.fail_point == Some(here) {
-        return Err(KvsError::Io(std::io::Error::other(format!("injected crash at {here:?}"))));
+        return Err(KvsError::Io(std::io::Error::other(format!(
+            "injected crash at {here:?}"
+        ))));
     }
     Ok(())
 }
@@ -29,11 +31,14 @@ pub fn run(core: &Core) -> Result<()> {
     let (out, lsn) = {
         let mut w = core.lock_writer();
         let out = w.active + 1;
-        w.rotate(&core.dir, out + 1)?;
+        w.rotate(&core.dir, out + 1, 0)?;
         (out, w.lsn)
     };
     core.commit.mark_durable(lsn);
-    let inputs: Vec<SegmentId> = segment::list_and_clean(&core.dir)?.into_iter().filter(|&id| id < out).collect();
+    let inputs: Vec<SegmentId> = segment::list_and_clean(&core.dir)?
+        .into_iter()
+        .filter(|&id| id < out)
+        .collect();
 
     // Step 2: copy live records of the inputs into the temp file.
     let tmp = segment::tmp_path(&core.dir, out);
@@ -65,7 +70,11 @@ pub fn run(core: &Core) -> Result<()> {
                     }
                 }
                 None => {
-                    if core.index.get(key.as_str()).is_some_and(|e| e.value().load() == *old) {
+                    if core
+                        .index
+                        .get(key.as_str())
+                        .is_some_and(|e| e.value().load() == *old)
+                    {
                         core.index.remove(key.as_str());
                         w.live_bytes -= old.len as u64;
                     }
@@ -115,7 +124,9 @@ fn copy_live(core: &Core, out: SegmentId, tmp: &std::path::Path) -> Result<Copie
     let now = now_ms();
     for entry in core.index.iter() {
         if core.stopping.load(Ordering::Relaxed) {
-            return Err(KvsError::Closed("store is closing; compaction abandoned".into()));
+            return Err(KvsError::Closed(
+                "store is closing; compaction abandoned".into(),
+            ));
         }
         let old = entry.value().load();
         if old.seg >= out {
@@ -141,10 +152,21 @@ fn copy_live(core: &Core, out: SegmentId, tmp: &std::path::Path) -> Result<Copie
             &mut buf,
         )?;
         bw.write_all(&buf)?;
-        moved.push((entry.key().clone(), old, Some(Loc { seg: out, offset: pos, ..old })));
+        moved.push((
+            entry.key().clone(),
+            old,
+            Some(Loc {
+                seg: out,
+                offset: pos,
+                ..old
+            }),
+        ));
         pos += old.len as u64;
     }
     let file = bw.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
-    Ok(Copied { moved, out_len: pos })
+    Ok(Copied {
+        moved,
+        out_len: pos,
+    })
 }

@@ -73,7 +73,12 @@ impl Slot {
             let expires_at = self.expires_at.load(Ordering::Relaxed);
             fence(Ordering::Acquire);
             if self.seq.load(Ordering::Relaxed) == s1 {
-                return Loc { seg: (seg_len >> 32) as SegmentId, len: seg_len as u32, offset, expires_at };
+                return Loc {
+                    seg: (seg_len >> 32) as SegmentId,
+                    len: seg_len as u32,
+                    offset,
+                    expires_at,
+                };
             }
         }
     }
@@ -83,11 +88,20 @@ impl Slot {
         let s = self.seq.load(Ordering::Relaxed);
         self.seq.store(s.wrapping_add(1), Ordering::Relaxed);
         fence(Ordering::Release);
-        self.seg_len.store(((loc.seg as u64) << 32) | loc.len as u64, Ordering::Relaxed);
+        self.seg_len
+            .store(((loc.seg as u64) << 32) | loc.len as u64, Ordering::Relaxed);
         self.offset.store(loc.offset, Ordering::Relaxed);
         self.expires_at.store(loc.expires_at, Ordering::Relaxed);
         self.seq.store(s.wrapping_add(2), Ordering::Release);
     }
+}
+
+/// Current Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -96,10 +110,20 @@ mod tests {
 
     #[test]
     fn slot_round_trips_and_readers_see_whole_values() {
-        let a = Loc { seg: 7, len: 99, offset: 12345, expires_at: 0 };
+        let a = Loc {
+            seg: 7,
+            len: 99,
+            offset: 12345,
+            expires_at: 0,
+        };
         let slot = Slot::new(a);
         assert_eq!(slot.load(), a);
-        let b = Loc { seg: u32::MAX, len: u32::MAX, offset: u64::MAX, expires_at: u64::MAX };
+        let b = Loc {
+            seg: u32::MAX,
+            len: u32::MAX,
+            offset: u64::MAX,
+            expires_at: u64::MAX,
+        };
         std::thread::scope(|s| {
             s.spawn(|| {
                 for i in 0..100_000 {
@@ -112,12 +136,4 @@ mod tests {
             }
         });
     }
-}
-
-/// Current Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -178,8 +178,12 @@ impl Core {
             return;
         }
         let stale = w.disk_bytes.saturating_sub(w.live_bytes);
-        let limit = w.live_bytes as f64 * self.opts.compaction_stale_ratio + self.opts.compaction_min_stale_bytes as f64;
-        if stale as f64 > limit && !self.compaction_pending.swap(true, Ordering::AcqRel) && !self.request_compaction(None) {
+        let limit = w.live_bytes as f64 * self.opts.compaction_stale_ratio
+            + self.opts.compaction_min_stale_bytes as f64;
+        if stale as f64 > limit
+            && !self.compaction_pending.swap(true, Ordering::AcqRel)
+            && !self.request_compaction(None)
+        {
             self.compaction_pending.store(false, Ordering::Release);
         }
     }
@@ -187,7 +191,10 @@ impl Core {
     /// Appends one record and updates the index. Returns the lsn to wait for.
     fn append(&self, kind: Kind, key: String, value: &str, expires_at: u64) -> Result<u64> {
         if key.len() > MAX_KEY_LEN {
-            return Err(KvsError::InvalidInput(format!("key of {} bytes is over the {MAX_KEY_LEN} byte limit", key.len())));
+            return Err(KvsError::InvalidInput(format!(
+                "key of {} bytes is over the {MAX_KEY_LEN} byte limit",
+                key.len()
+            )));
         }
         if value.len() > MAX_VALUE_LEN {
             return Err(KvsError::InvalidInput(format!(
@@ -203,20 +210,26 @@ impl Core {
         }
         let mut buf = std::mem::take(&mut w.buf);
         buf.clear();
-        let len = record::encode(&mut buf, kind, key.as_bytes(), value.as_bytes(), expires_at) as u64;
+        let len =
+            record::encode(&mut buf, kind, key.as_bytes(), value.as_bytes(), expires_at) as u64;
         w.buf = buf;
-        if w.pos > record::SEGMENT_HEADER_LEN && w.pos + len > self.opts.segment_max_bytes {
-            let next = w.active + 1;
-            w.rotate(&self.dir, next)?;
-            self.commit.mark_durable(w.lsn);
+        let seg_before = w.active;
+        let offset = w.append_buf(&self.dir)?;
+        if w.active != seg_before {
+            // The rotation synced everything before this record.
+            self.commit.mark_durable(w.lsn - len);
         }
-        let offset = w.append_buf()?;
         if let Some(old) = old {
             w.live_bytes -= old.len as u64;
         }
         match kind {
             Kind::Put => {
-                let loc = Loc { seg: w.active, len: len as u32, offset, expires_at };
+                let loc = Loc {
+                    seg: w.active,
+                    len: len as u32,
+                    offset,
+                    expires_at,
+                };
                 match &entry {
                     Some(e) => e.value().store(loc),
                     None => {
@@ -253,7 +266,11 @@ struct Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         self.core.stopping.store(true, Ordering::Release);
-        self.core.compact_tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.core
+            .compact_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         self.stop_syncer.take();
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -278,7 +295,10 @@ pub struct KvStore {
 
 impl Clone for KvStore {
     fn clone(&self) -> KvStore {
-        KvStore { guard: Arc::clone(&self.guard), reader: RefCell::new(Reader::default()) }
+        KvStore {
+            guard: Arc::clone(&self.guard),
+            reader: RefCell::new(Reader::default()),
+        }
     }
 }
 
@@ -292,17 +312,24 @@ impl KvStore {
     pub fn open_with(path: impl Into<PathBuf>, opts: Options) -> Result<KvStore> {
         let dir = path.into();
         std::fs::create_dir_all(&dir)?;
-        let lock = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join("LOCK"))?;
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("LOCK"))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => return Err(KvsError::Locked { dir }),
             Err(TryLockError::Error(e)) => return Err(e.into()),
         }
         let index = Index::new();
-        let rec = recovery::recover(&dir, &index)?;
+        let rec = recovery::recover(&dir, &index, opts.segment_max_bytes)?;
         tracing::debug!(dir = %dir.display(), keys = index.len(), active = rec.active, "store opened");
         let writer = Writer {
             active: rec.active,
+            map: writer::map_active(&rec.file)?,
+            segment_size: opts.segment_max_bytes,
             file: Arc::new(rec.file),
             pos: rec.pos,
             lsn: 0,
@@ -326,16 +353,31 @@ impl KvStore {
 
         let mut threads = Vec::new();
         let c = Arc::clone(&core);
-        threads.push(std::thread::Builder::new().name("kvs-compactor".into()).spawn(move || compactor(c, compact_rx))?);
+        threads.push(
+            std::thread::Builder::new()
+                .name("kvs-compactor".into())
+                .spawn(move || compactor(c, compact_rx))?,
+        );
         let mut stop_syncer = None;
         if core.opts.sync == SyncMode::EverySec {
             let (tx, rx) = mpsc::channel();
             let c = Arc::clone(&core);
-            threads.push(std::thread::Builder::new().name("kvs-syncer".into()).spawn(move || syncer(c, rx))?);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("kvs-syncer".into())
+                    .spawn(move || syncer(c, rx))?,
+            );
             stop_syncer = Some(tx);
         }
-        let guard = Arc::new(Guard { core, stop_syncer, threads });
-        Ok(KvStore { guard, reader: RefCell::new(Reader::default()) })
+        let guard = Arc::new(Guard {
+            core,
+            stop_syncer,
+            threads,
+        });
+        Ok(KvStore {
+            guard,
+            reader: RefCell::new(Reader::default()),
+        })
     }
 
     fn core(&self) -> &Core {
@@ -346,7 +388,8 @@ impl KvStore {
     /// millisecond). An expired key reads as missing and compaction drops it.
     pub fn set_with_ttl(&self, key: String, value: String, ttl: Duration) -> Result<()> {
         let ms = ttl.as_millis().max(1) as u64;
-        self.core().write(Kind::Put, key, &value, now_ms().saturating_add(ms))
+        self.core()
+            .write(Kind::Put, key, &value, now_ms().saturating_add(ms))
     }
 
     /// Forces everything written so far to stable storage, whatever the
@@ -362,20 +405,32 @@ impl KvStore {
         if !self.core().request_compaction(Some(tx)) {
             return Err(KvsError::Closed("store is closing".into()));
         }
-        rx.recv().map_err(|_| KvsError::Closed("compaction thread stopped".into()))?
+        rx.recv()
+            .map_err(|_| KvsError::Closed("compaction thread stopped".into()))?
     }
 
     /// Current sizes.
     pub fn stats(&self) -> Stats {
         let core = self.core();
         let w = core.lock_writer();
-        Stats { keys: core.index.len(), live_bytes: w.live_bytes, disk_bytes: w.disk_bytes }
+        Stats {
+            keys: core.index.len(),
+            live_bytes: w.live_bytes,
+            disk_bytes: w.disk_bytes,
+        }
     }
 
     /// Id of the newest segment (for tests and tools).
     #[doc(hidden)]
     pub fn active_segment(&self) -> SegmentId {
         self.core().lock_writer().active
+    }
+
+    /// Where the next record goes: (segment, offset). For tests.
+    #[doc(hidden)]
+    pub fn log_position(&self) -> (SegmentId, u64) {
+        let w = self.core().lock_writer();
+        (w.active, w.pos)
     }
 }
 

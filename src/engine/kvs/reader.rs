@@ -1,10 +1,12 @@
-//! The per-clone read path: no lock, own file handles.
+//! The per-clone read path: no lock, own read-only maps of the segments.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fs::File;
 use std::io;
 use std::sync::atomic::Ordering;
+
+use memmap2::Mmap;
 
 use super::Core;
 use super::record::RECORD_HEADER_LEN;
@@ -16,28 +18,42 @@ use crate::{KvsError, Result};
 /// row means something else is wrong.
 const MAX_RETRIES: usize = 16;
 
-/// Read handles of one `KvStore` clone, opened lazily.
+/// Read handles of one `KvStore` clone: a read-only map per segment,
+/// made on first use.
 #[derive(Default)]
 pub struct Reader {
-    files: HashMap<SegmentId, File>,
+    maps: HashMap<SegmentId, Mmap>,
     seen_retired_below: SegmentId,
-    buf: Vec<u8>,
 }
 
 impl Reader {
-    /// Drops handles of segments that compaction retired.
+    /// Drops maps of segments that compaction retired.
     fn refresh(&mut self, core: &Core) {
         let retired = core.retired_below.load(Ordering::Acquire);
         if retired != self.seen_retired_below {
-            self.files.retain(|&id, _| id >= retired);
+            self.maps.retain(|&id, _| id >= retired);
             self.seen_retired_below = retired;
         }
     }
 
-    fn file(&mut self, core: &Core, id: SegmentId) -> io::Result<&File> {
-        match self.files.entry(id) {
+    /// The map of segment `id`, covering at least `end` bytes.
+    fn map(&mut self, core: &Core, id: SegmentId, end: usize) -> io::Result<&Mmap> {
+        // A map made before the file grew (a reopened store extends its
+        // newest segment) is made again.
+        if self.maps.get(&id).is_some_and(|m| m.len() < end) {
+            self.maps.remove(&id);
+        }
+        match self.maps.entry(id) {
             Entry::Occupied(e) => Ok(e.into_mut()),
-            Entry::Vacant(v) => Ok(v.insert(File::open(segment::path(&core.dir, id))?)),
+            Entry::Vacant(v) => {
+                let file = File::open(segment::path(&core.dir, id))?;
+                // SAFETY: readers only read records the index published; the writer
+                // never writes those bytes again, and segments are only truncated
+                // past their records (sealing) or deleted, which leaves existing maps
+                // valid for the bytes read here.
+                let map = unsafe { Mmap::map(&file)? };
+                Ok(v.insert(map))
+            }
         }
     }
 
@@ -45,44 +61,38 @@ impl Reader {
     pub fn get(&mut self, core: &Core, key: &str) -> Result<Option<String>> {
         for _ in 0..MAX_RETRIES {
             self.refresh(core);
-            let Some(entry) = core.index.get(key) else { return Ok(None) };
+            let Some(entry) = core.index.get(key) else {
+                return Ok(None);
+            };
             let loc = entry.value().load();
             drop(entry);
             if loc.expired() {
                 return Ok(None);
             }
-            let mut buf = std::mem::take(&mut self.buf);
-            let file = match self.file(core, loc.seg) {
-                Ok(f) => f,
+            let start = loc.offset as usize;
+            let end = start + loc.len as usize;
+            let map = match self.map(core, loc.seg, end) {
+                Ok(m) => m,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     // Compaction retired the segment after we read the index;
                     // the index already points elsewhere.
-                    self.buf = buf;
                     continue;
                 }
                 Err(e) => return Err(e.into()),
             };
-            let r = segment::read_record(
-                file,
-                || segment::path(&core.dir, loc.seg),
-                loc.offset,
-                loc.len as usize,
-                Some(key),
-                &mut buf,
-            );
-            let out = r.and_then(|h| {
-                let v = &buf[RECORD_HEADER_LEN + h.key_len..];
-                String::from_utf8(v.to_vec()).map_err(|_| KvsError::Corrupt {
-                    path: segment::path(&core.dir, loc.seg),
-                    offset: loc.offset,
-                    reason: "value is not UTF-8".into(),
-                })
-            });
-            // Keep small buffers for reuse; give big ones back to the allocator.
-            if buf.capacity() <= 64 << 10 {
-                self.buf = buf;
-            }
-            return out.map(Some);
+            let corrupt = |reason: &str| KvsError::Corrupt {
+                path: segment::path(&core.dir, loc.seg),
+                offset: loc.offset,
+                reason: reason.to_string(),
+            };
+            let Some(rec) = map.get(start..end) else {
+                return Err(corrupt("index points past the end of the segment"));
+            };
+            let h = segment::check_record(rec, Some(key)).map_err(corrupt)?;
+            let value = &rec[RECORD_HEADER_LEN + h.key_len..];
+            return String::from_utf8(value.to_vec())
+                .map(Some)
+                .map_err(|_| corrupt("value is not UTF-8"));
         }
         Err(KvsError::Io(io::Error::other(format!(
             "key `{key}` kept moving between segments; gave up after {MAX_RETRIES} tries"

@@ -100,7 +100,9 @@ impl Header {
         let key_len = u32_at(5) as usize;
         let value_len = u32_at(9) as usize;
         if key_len > MAX_KEY_LEN || value_len > MAX_VALUE_LEN {
-            return Err(format!("impossible lengths key={key_len} value={value_len}"));
+            return Err(format!(
+                "impossible lengths key={key_len} value={value_len}"
+            ));
         }
         if kind == Kind::Tombstone && value_len != 0 {
             return Err("tombstone with a value".to_string());
@@ -137,7 +139,10 @@ mod tests {
         let n = encode(&mut buf, Kind::Put, b"key", b"value", 42);
         assert_eq!(n, RECORD_HEADER_LEN + 8);
         let h = Header::decode(buf[..RECORD_HEADER_LEN].try_into().unwrap()).unwrap();
-        assert_eq!((h.kind, h.key_len, h.value_len, h.expires_at), (Kind::Put, 3, 5, 42));
+        assert_eq!(
+            (h.kind, h.key_len, h.value_len, h.expires_at),
+            (Kind::Put, 3, 5, 42)
+        );
         assert!(crc_ok(&buf, h.crc));
         for i in 4..buf.len() {
             let mut bad = buf.clone();

@@ -26,10 +26,10 @@ pub struct Recovered {
 
 /// Scans every segment of `dir` in id order into `index` (which must be
 /// empty). See "Recovery" in `docs/design.md`.
-pub fn recover(dir: &Path, index: &Index) -> Result<Recovered> {
+pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered> {
     let ids = segment::list_and_clean(dir)?;
     let Some(&newest) = ids.last() else {
-        let file = segment::create(dir, 1)?;
+        let file = segment::create(dir, 1, segment_size)?;
         return Ok(Recovered {
             active: 1,
             file,
@@ -68,11 +68,25 @@ pub fn recover(dir: &Path, index: &Index) -> Result<Recovered> {
         })?;
         let len = match end {
             ScanEnd::Clean { len } => len,
-            ScanEnd::Bad { offset, reason, len, followed_by_valid: false } if id == newest => {
-                cut_tail(&p, offset, &reason, len)?
+            ScanEnd::Bad {
+                offset,
+                reason,
+                len,
+                followed_by_valid: false,
+            } if id == newest => {
+                if offset >= SEGMENT_HEADER_LEN && segment::zero_from(&p, offset, len)? {
+                    // The reserved, never written end of the active segment.
+                    offset
+                } else {
+                    cut_tail(&p, offset, &reason, len)?
+                }
             }
             ScanEnd::Bad { offset, reason, .. } => {
-                return Err(KvsError::Corrupt { path: p, offset, reason });
+                return Err(KvsError::Corrupt {
+                    path: p,
+                    offset,
+                    reason,
+                });
             }
         };
         disk_bytes += len;
@@ -85,8 +99,18 @@ pub fn recover(dir: &Path, index: &Index) -> Result<Recovered> {
     for (k, v) in map {
         index.insert(k, Slot::new(v));
     }
-    let file = OpenOptions::new().read(true).write(true).open(segment::path(dir, newest))?;
-    Ok(Recovered { active: newest, file, pos: newest_len, disk_bytes, live_bytes })
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(segment::path(dir, newest))?;
+    segment::reserve(&file, segment_size.max(newest_len))?;
+    Ok(Recovered {
+        active: newest,
+        file,
+        pos: newest_len,
+        disk_bytes,
+        live_bytes,
+    })
 }
 
 /// Truncates a torn tail of the newest segment at `offset`; returns the new

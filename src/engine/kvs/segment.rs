@@ -53,14 +53,41 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Creates segment `id` with its header, synced, and syncs the directory.
-pub fn create(dir: &Path, id: SegmentId) -> Result<File> {
+/// Creates segment `id` with its header and `size` bytes reserved, synced,
+/// and syncs the directory.
+pub fn create(dir: &Path, id: SegmentId, size: u64) -> Result<File> {
     let p = path(dir, id);
-    let file = OpenOptions::new().read(true).write(true).create_new(true).open(&p)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&p)?;
+    reserve(&file, size)?;
     file.write_all_at(&record::segment_header(), 0)?;
     file.sync_all()?;
     sync_dir(dir)?;
     Ok(file)
+}
+
+/// Grows `file` to at least `size` bytes with the blocks allocated.
+///
+/// NOTE: the active segment is written through a shared memory map. A store
+/// to a mapped page that the file system cannot back (disk full) is a SIGBUS,
+/// not an error, so the blocks are reserved up front with `posix_fallocate`,
+/// where running out of space is an ordinary error.
+pub fn reserve(file: &File, size: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if file.metadata()?.len() >= size {
+        return Ok(());
+    }
+    let len =
+        libc::off_t::try_from(size).map_err(|_| io::Error::other("segment size out of range"))?;
+    // SAFETY: plain syscall on an fd we own; no memory is passed.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+        0 => Ok(()),
+        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(size),
+        err => Err(io::Error::from_raw_os_error(err)),
+    }
 }
 
 /// A record found by [`scan`].
@@ -101,7 +128,14 @@ pub fn scan(p: &Path, mut f: impl FnMut(Scanned<'_>)) -> Result<ScanEnd> {
     let file = File::open(p)?;
     let len = file.metadata()?.len();
     let mut rd = BufReader::with_capacity(1 << 20, file);
-    let bad = |offset: u64, reason: String| Ok(ScanEnd::Bad { offset, reason, len, followed_by_valid: false });
+    let bad = |offset: u64, reason: String| {
+        Ok(ScanEnd::Bad {
+            offset,
+            reason,
+            len,
+            followed_by_valid: false,
+        })
+    };
 
     let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
     if len < SEGMENT_HEADER_LEN {
@@ -110,9 +144,14 @@ pub fn scan(p: &Path, mut f: impl FnMut(Scanned<'_>)) -> Result<ScanEnd> {
     rd.read_exact(&mut h)?;
     match record::check_segment_header(&h) {
         Ok(()) => {}
-        Err(record::HeaderError::BadMagic) => return bad(0, "not a kvs segment (bad magic)".into()),
+        Err(record::HeaderError::BadMagic) => {
+            return bad(0, "not a kvs segment (bad magic)".into());
+        }
         Err(record::HeaderError::Version(version)) => {
-            return Err(KvsError::UnsupportedVersion { path: p.to_path_buf(), version });
+            return Err(KvsError::UnsupportedVersion {
+                path: p.to_path_buf(),
+                version,
+            });
         }
     }
 
@@ -138,31 +177,85 @@ pub fn scan(p: &Path, mut f: impl FnMut(Scanned<'_>)) -> Result<ScanEnd> {
         if !record::crc_ok(&buf, header.crc) {
             let next = offset + rec_len;
             let followed_by_valid = valid_record_at(rd.get_ref(), next, len);
-            return Ok(ScanEnd::Bad { offset, reason: "checksum mismatch".into(), len, followed_by_valid });
+            return Ok(ScanEnd::Bad {
+                offset,
+                reason: "checksum mismatch".into(),
+                len,
+                followed_by_valid,
+            });
         }
         let key_bytes = &buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + header.key_len];
         let Ok(key) = std::str::from_utf8(key_bytes) else {
             return bad(offset, "key is not UTF-8".into());
         };
-        f(Scanned { offset, header, key });
+        f(Scanned {
+            offset,
+            header,
+            key,
+        });
         offset += rec_len;
     }
     Ok(ScanEnd::Clean { len })
 }
 
+/// Whether every byte of `p` from `offset` to `len` is zero: the unused,
+/// reserved end of an active segment rather than a torn record.
+pub fn zero_from(p: &Path, offset: u64, len: u64) -> io::Result<bool> {
+    let file = File::open(p)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = offset;
+    while at < len {
+        let n = (len - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at)?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}
+
 /// Whether a whole, valid record starts at `offset` of a file of `len` bytes.
 fn valid_record_at(file: &File, offset: u64, len: u64) -> bool {
     let mut h = [0u8; RECORD_HEADER_LEN];
-    if len.saturating_sub(offset) < RECORD_HEADER_LEN as u64 || file.read_exact_at(&mut h, offset).is_err() {
+    if len.saturating_sub(offset) < RECORD_HEADER_LEN as u64
+        || file.read_exact_at(&mut h, offset).is_err()
+    {
         return false;
     }
-    let Ok(header) = Header::decode(&h) else { return false };
+    let Ok(header) = Header::decode(&h) else {
+        return false;
+    };
     let rec_len = header.record_len();
     if len - offset < rec_len as u64 {
         return false;
     }
     let mut buf = vec![0u8; rec_len];
     file.read_exact_at(&mut buf, offset).is_ok() && record::crc_ok(&buf, header.crc)
+}
+
+/// Checks a whole put record in `rec` (its bytes exactly) and returns its
+/// header. `key` (when given) must match the record's key.
+pub fn check_record(rec: &[u8], key: Option<&str>) -> std::result::Result<Header, &'static str> {
+    if rec.len() < RECORD_HEADER_LEN {
+        return Err("record shorter than a header");
+    }
+    let hb: &[u8; RECORD_HEADER_LEN] = rec[..RECORD_HEADER_LEN]
+        .try_into()
+        .expect("length checked above");
+    let header = Header::decode(hb).map_err(|_| "bad record header")?;
+    if header.record_len() != rec.len() || !record::crc_ok(rec, header.crc) {
+        return Err("checksum mismatch");
+    }
+    if let Some(k) = key
+        && &rec[RECORD_HEADER_LEN..RECORD_HEADER_LEN + header.key_len] != k.as_bytes()
+    {
+        return Err("record holds another key");
+    }
+    if header.kind != Kind::Put {
+        return Err("index points at a tombstone");
+    }
+    Ok(header)
 }
 
 /// Reads the record of `len` bytes at `offset` in `file` into `buf`, checks
@@ -177,22 +270,9 @@ pub fn read_record(
 ) -> Result<Header> {
     buf.resize(len, 0);
     file.read_exact_at(buf, offset)?;
-    let corrupt = |reason: &str| KvsError::Corrupt { path: p(), offset, reason: reason.to_string() };
-    if len < RECORD_HEADER_LEN {
-        return Err(corrupt("record shorter than a header"));
-    }
-    let hb: &[u8; RECORD_HEADER_LEN] = buf[..RECORD_HEADER_LEN].try_into().expect("length checked above");
-    let header = Header::decode(hb).map_err(|r| corrupt(&r))?;
-    if header.record_len() != len || !record::crc_ok(buf, header.crc) {
-        return Err(corrupt("checksum mismatch"));
-    }
-    if let Some(k) = key
-        && &buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + header.key_len] != k.as_bytes()
-    {
-        return Err(corrupt("record holds another key"));
-    }
-    if header.kind != Kind::Put {
-        return Err(corrupt("index points at a tombstone"));
-    }
-    Ok(header)
+    check_record(buf, key).map_err(|reason| KvsError::Corrupt {
+        path: p(),
+        offset,
+        reason: reason.to_string(),
+    })
 }

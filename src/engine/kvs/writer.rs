@@ -1,13 +1,24 @@
 //! The single writer: appends records, rotates segments, group commit.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use memmap2::MmapMut;
 
 use super::record::SEGMENT_HEADER_LEN;
 use super::segment::{self, SegmentId};
 use crate::Result;
+
+/// Maps the active segment for writing.
+pub fn map_active(file: &File) -> Result<MmapMut> {
+    // SAFETY: the active segment is only written through this map, by the
+    // holder of the writer lock, at offsets past every published record.
+    // Readers map the same file read-only and only read published records,
+    // which are never written again; no one truncates the file while this
+    // map exists (rotation drops the map first).
+    Ok(unsafe { MmapMut::map_mut(file)? })
+}
 
 /// State owned by whoever holds the writer lock.
 pub struct Writer {
@@ -26,32 +37,42 @@ pub struct Writer {
     pub live_bytes: u64,
     /// Encode buffer, reused.
     pub buf: Vec<u8>,
+    /// The active segment, mapped shared: a copy into it is in the OS page
+    /// cache at once (a killed process loses nothing), without a syscall.
+    pub map: MmapMut,
+    /// Size of new segments.
+    pub segment_size: u64,
 }
 
 impl Writer {
-    /// Appends the encoded record in `self.buf`; returns its offset. On a
-    /// failed write the file is cut back so no torn record sits before the
-    /// next one.
-    pub fn append_buf(&mut self) -> Result<u64> {
-        let offset = self.pos;
-        if let Err(e) = self.file.write_all_at(&self.buf, offset) {
-            let _ = self.file.set_len(offset);
-            return Err(e.into());
-        }
+    /// Appends the encoded record in `self.buf`, rotating to a new segment
+    /// when it does not fit; returns its offset.
+    pub fn append_buf(&mut self, dir: &Path) -> Result<u64> {
         let len = self.buf.len() as u64;
+        if self.pos + len > self.map.len() as u64 {
+            let next = self.active + 1;
+            self.rotate(dir, next, len)?;
+        }
+        let offset = self.pos;
+        self.map[offset as usize..(offset + len) as usize].copy_from_slice(&self.buf);
         self.pos += len;
         self.lsn += len;
         self.disk_bytes += len;
         Ok(offset)
     }
 
-    /// Closes the active segment (synced) and starts segment `new_id`.
-    pub fn rotate(&mut self, dir: &Path, new_id: SegmentId) -> Result<()> {
-        // NOTE: the old segment is synced before the new one exists, so after
-        // a power loss only the newest segment can have a torn tail, which is
-        // the only place recovery may cut.
+    /// Seals the active segment (cut to its used length and synced) and
+    /// starts segment `new_id`, big enough for a record of `need` bytes.
+    pub fn rotate(&mut self, dir: &Path, new_id: SegmentId, need: u64) -> Result<()> {
+        let size = self.segment_size.max(SEGMENT_HEADER_LEN + need);
+        // NOTE: the old segment is cut to its records and synced before the
+        // new one exists, so after a power loss only the newest segment can
+        // have a torn tail, which is the only place recovery may cut.
+        self.map = MmapMut::map_anon(1)?;
+        self.file.set_len(self.pos)?;
         self.file.sync_data()?;
-        let file = segment::create(dir, new_id)?;
+        let file = segment::create(dir, new_id, size)?;
+        self.map = map_active(&file)?;
         self.file = Arc::new(file);
         self.active = new_id;
         self.pos = SEGMENT_HEADER_LEN;
