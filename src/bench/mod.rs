@@ -1,1 +1,206 @@
-//! Load generator behind `kvs-bench`.
+//! Load generator behind `kvs-bench`: drives a kvs server (native
+//! protocol) or any RESP2 server (`redis-server`) with the same workload,
+//! so the two can be compared on the same machine in the same run.
+//!
+//! - [`options`]: what a run does ([`BenchOptions`]).
+//! - [`workload`]: seeded operation, key and value generation.
+//! - [`wire`], [`kvs_wire`], [`resp`]: request encoding and reply
+//!   recognition per protocol, without per-request allocation.
+//! - [`driver`]: one connection under closed- or open-loop load, latency
+//!   measured from the send time or, open loop, from the due time.
+//! - [`stats`], [`report`]: HDR histograms, counters, the table and JSON.
+//!
+//! The harness is deliberately lean (one client thread by default, like
+//! `redis-benchmark`), since the server is the thing measured.
+
+pub mod driver;
+pub mod kvs_wire;
+pub mod options;
+pub mod report;
+pub mod resp;
+pub mod stats;
+pub mod wire;
+pub mod workload;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+pub use options::{BenchOptions, KeyDist, Protocol, Ratio, Stop};
+pub use report::{OpSummary, PreloadSummary, Report};
+
+use driver::Plan;
+use kvs_wire::KvsWire;
+use resp::RespWire;
+use stats::{Live, Measured};
+use wire::Wire;
+use workload::Workload;
+
+use crate::{KvsError, Result};
+
+/// Requests in flight per connection while preloading.
+const PRELOAD_DEPTH: usize = 32;
+/// How often the progress line is redrawn.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Builds a Tokio runtime with `options.threads` workers (a single-thread
+/// runtime for 1) and runs [`run`] on it.
+pub fn run_blocking(options: &BenchOptions) -> Result<Report> {
+    options.validate()?;
+    let runtime = if options.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(options.threads)
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(run(options))
+}
+
+/// Runs the benchmark on the current Tokio runtime (`options.threads` is
+/// not used here) and returns its report. `Err` when the options are
+/// invalid, a connection cannot be opened or the preload fails; errors
+/// during the measured run are counted in the report instead.
+pub async fn run(options: &BenchOptions) -> Result<Report> {
+    options.validate()?;
+    let workload = Arc::new(Workload::new(options)?);
+    match options.protocol {
+        Protocol::Kvs => run_with::<KvsWire>(options, workload).await,
+        Protocol::Resp => run_with::<RespWire>(options, workload).await,
+    }
+}
+
+async fn run_with<W: Wire>(options: &BenchOptions, workload: Arc<Workload>) -> Result<Report> {
+    let mut streams = Vec::with_capacity(options.connections);
+    for _ in 0..options.connections {
+        let stream = TcpStream::connect(options.addr).await.map_err(|e| {
+            KvsError::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot connect to {}: {e}", options.addr),
+            ))
+        })?;
+        stream.set_nodelay(true)?;
+        streams.push(stream);
+    }
+
+    let preload = if options.preload {
+        Some(preload_all::<W>(&mut streams, &workload).await?)
+    } else {
+        None
+    };
+
+    let start = Instant::now();
+    let measure_from = start + options.warmup;
+    let (deadline, requests) = match options.stop {
+        Stop::Duration(d) => (Some(measure_from + d), None),
+        Stop::Requests(n) => (None, Some(n)),
+    };
+    let n = options.connections;
+    // Each connection sends `rate / n` requests per second.
+    let interval = options
+        .rate
+        .map(|rate| Duration::from_secs_f64(n as f64 / rate));
+    let live = Arc::new(Live::default());
+    let progress = options
+        .progress
+        .then(|| tokio::spawn(show_progress(live.clone(), measure_from)));
+
+    let mut tasks = Vec::with_capacity(n);
+    for (id, stream) in streams.into_iter().enumerate() {
+        let plan = Plan {
+            id,
+            seed: options.seed,
+            pipeline: options.pipeline,
+            start,
+            measure_from,
+            deadline,
+            // An exact split: the first `N % n` connections take one more.
+            quota: requests.map(|r| r / n as u64 + u64::from((id as u64) < r % n as u64)),
+            interval,
+            first_offset: interval.map_or(Duration::ZERO, |i| i.mul_f64(id as f64 / n as f64)),
+        };
+        let task = driver::drive::<W>(stream, plan, workload.clone(), live.clone());
+        tasks.push(tokio::spawn(task));
+    }
+    let mut total = Measured::default();
+    for task in tasks {
+        let measured = task
+            .await
+            .map_err(|e| KvsError::TaskPanicked(format!("a connection task failed: {e}")))?;
+        total.merge(&measured);
+    }
+    if let Some(progress) = progress {
+        progress.abort();
+        eprint!("\r\x1b[2K");
+    }
+    let elapsed = total.last_reply.map_or(Duration::ZERO, |end| {
+        end.saturating_duration_since(measure_from)
+    });
+    Ok(Report::new(options, &total, elapsed, preload))
+}
+
+/// Writes the whole key space once, split over the connections.
+async fn preload_all<W: Wire>(
+    streams: &mut [TcpStream],
+    workload: &Workload,
+) -> Result<PreloadSummary> {
+    let started = Instant::now();
+    let keys = workload.keys();
+    let n = streams.len() as u64;
+    let per = keys.div_ceil(n);
+    let jobs = streams.iter_mut().enumerate().map(|(i, stream)| {
+        let from = (i as u64 * per).min(keys);
+        let to = (from + per).min(keys);
+        driver::preload::<W>(stream, from..to, PRELOAD_DEPTH, workload.value())
+    });
+    let mut errors = 0;
+    let mut first_error = None;
+    for result in futures::future::join_all(jobs).await {
+        let (e, first) = result?;
+        errors += e;
+        first_error = first_error.or(first);
+    }
+    if let Some(message) = first_error {
+        return Err(KvsError::Server(format!(
+            "preload: {errors} SETs failed, the first with: {message}"
+        )));
+    }
+    Ok(PreloadSummary {
+        keys,
+        secs: started.elapsed().as_secs_f64(),
+        errors,
+    })
+}
+
+/// Redraws one line on stderr every second until aborted.
+async fn show_progress(live: Arc<Live>, measure_from: Instant) {
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    let mut last = (Instant::now(), 0u64);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let ops = live.ops.load(Ordering::Relaxed);
+        let errors = live.errors.load(Ordering::Relaxed);
+        let secs = now.saturating_duration_since(last.0).as_secs_f64();
+        let current = if secs > 0.0 {
+            (ops - last.1) as f64 / secs
+        } else {
+            0.0
+        };
+        last = (now, ops);
+        let phase = if now < measure_from { " (warm-up)" } else { "" };
+        let elapsed = now.saturating_duration_since(measure_from).as_secs_f64();
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r\x1b[2K{elapsed:6.1} s  {ops:>10} req  {current:>9.0} req/s  {errors} errors{phase}"
+        );
+        let _ = err.flush();
+    }
+}

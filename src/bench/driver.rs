@@ -1,0 +1,276 @@
+//! One connection under load: keeps up to `pipeline` requests in flight,
+//! closed loop (send as replies come back) or open loop (send on a fixed
+//! schedule), and measures each reply.
+//!
+//! Open loop is coordinated-omission free: a request's latency runs from
+//! the time it was *due*, not the time it was written. When the server
+//! stalls and the pipeline is full, requests that fall due wait in the
+//! client and their waiting is counted, as a user's would be. Due times
+//! are kept at full precision; Tokio's timer wakes the connection within
+//! about a millisecond, and that lateness is counted too.
+//!
+//! The loop uses the socket's readiness API (`try_read`/`try_write`) so a
+//! full socket in one direction never blocks the other, and does no
+//! per-request allocation: requests are encoded straight into the write
+//! buffer and replies recognised in place in the read buffer.
+
+use std::collections::VecDeque;
+use std::io::ErrorKind;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::stats::{Live, Measured};
+use super::wire::{Outcome, Wire};
+use super::workload::{KEY_LEN, Op, Workload, format_key};
+use crate::{KvsError, Result};
+
+/// Initial size of both buffers, and the free space kept for a read.
+const CHUNK: usize = 16 * 1024;
+
+/// What one connection is to do.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Connection number, from 0; seeds its random generator.
+    pub id: usize,
+    /// Run seed.
+    pub seed: u64,
+    /// Requests in flight at most.
+    pub pipeline: usize,
+    /// When the load starts.
+    pub start: Instant,
+    /// Requests due before this are warm-up: sent, not measured.
+    pub measure_from: Instant,
+    /// No request due at or after this is sent.
+    pub deadline: Option<Instant>,
+    /// Measured requests to send, then stop.
+    pub quota: Option<u64>,
+    /// Open loop: one request due every `interval`, the first at
+    /// `start + first_offset`.
+    pub interval: Option<Duration>,
+    /// Offset of the first due time, so connections do not fire together.
+    pub first_offset: Duration,
+}
+
+/// A request written or queued whose reply has not been read.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    op: Op,
+    /// When it was sent (closed loop) or due (open loop).
+    since: Instant,
+    measured: bool,
+}
+
+/// Drives `stream` through `plan` and returns what it measured. A broken
+/// connection ends the drive early: its unanswered measured requests are
+/// counted as errors and the cause is kept as an error sample.
+pub async fn drive<W: Wire>(
+    stream: TcpStream,
+    plan: Plan,
+    workload: Arc<Workload>,
+    live: Arc<Live>,
+) -> Measured {
+    let mut conn = Conn {
+        stream,
+        wbuf: BytesMut::with_capacity(CHUNK),
+        rbuf: BytesMut::with_capacity(CHUNK),
+        queue: VecDeque::with_capacity(plan.pipeline),
+        measured: Measured::default(),
+    };
+    if let Err(e) = conn.run::<W>(&plan, &workload, &live).await {
+        let lost: Vec<Op> = conn
+            .queue
+            .iter()
+            .filter(|f| f.measured)
+            .map(|f| f.op)
+            .collect();
+        for op in &lost {
+            conn.measured.lost(*op);
+        }
+        live.add(0, lost.len() as u64 + 1);
+        conn.measured.unmeasured_errors += 1;
+        conn.measured
+            .note_error(format!("connection {} failed: {e}", plan.id));
+    }
+    conn.measured
+}
+
+struct Conn {
+    stream: TcpStream,
+    wbuf: BytesMut,
+    rbuf: BytesMut,
+    queue: VecDeque<InFlight>,
+    measured: Measured,
+}
+
+impl Conn {
+    async fn run<W: Wire>(&mut self, plan: &Plan, workload: &Workload, live: &Live) -> Result<()> {
+        let mut rng = Workload::rng(plan.seed, plan.id);
+        let mut key = [0u8; KEY_LEN];
+        let mut next_due = plan.start + plan.first_offset;
+        let mut measured_sent = 0u64;
+        let mut done = false;
+        loop {
+            // Fill the pipeline with what may be sent now.
+            if !done {
+                let now = Instant::now();
+                while self.queue.len() < plan.pipeline {
+                    let since = match plan.interval {
+                        None => now,
+                        Some(_) if next_due > now => break,
+                        Some(_) => next_due,
+                    };
+                    if plan.deadline.is_some_and(|d| since >= d) {
+                        done = true;
+                        break;
+                    }
+                    let measured = since >= plan.measure_from;
+                    if measured {
+                        if plan.quota.is_some_and(|q| measured_sent >= q) {
+                            done = true;
+                            break;
+                        }
+                        measured_sent += 1;
+                    }
+                    let op = workload.next_op(&mut rng);
+                    let key = format_key(workload.next_key(&mut rng), &mut key);
+                    W::encode(op, key, workload.value(), &mut self.wbuf)?;
+                    self.queue.push_back(InFlight {
+                        op,
+                        since,
+                        measured,
+                    });
+                    if let Some(interval) = plan.interval {
+                        next_due += interval;
+                    }
+                }
+            }
+            if self.queue.is_empty() {
+                if done {
+                    return Ok(());
+                }
+                // Open loop, nothing due yet.
+                tokio::time::sleep_until(next_due.into()).await;
+                continue;
+            }
+            if !self.wbuf.is_empty() {
+                match self.stream.try_write(&self.wbuf) {
+                    Ok(n) => self.wbuf.advance(n),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let may_send = plan.interval.is_some() && !done && self.queue.len() < plan.pipeline;
+            tokio::select! {
+                biased;
+                ready = self.stream.readable() => {
+                    ready?;
+                    self.read_replies::<W>(live)?;
+                }
+                ready = self.stream.writable(), if !self.wbuf.is_empty() => ready?,
+                () = tokio::time::sleep_until(next_due.into()), if may_send => {}
+            }
+        }
+    }
+
+    /// Reads what has arrived and accounts for every whole reply in it.
+    fn read_replies<W: Wire>(&mut self, live: &Live) -> Result<()> {
+        if self.rbuf.capacity() - self.rbuf.len() < CHUNK / 2 {
+            self.rbuf.reserve(CHUNK);
+        }
+        match self.stream.try_read_buf(&mut self.rbuf) {
+            Ok(0) => {
+                return Err(KvsError::Closed(
+                    "the server closed the connection".to_owned(),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        let now = Instant::now();
+        let (mut consumed, mut ops, mut errors) = (0, 0, 0);
+        while let Some(&InFlight {
+            op,
+            since,
+            measured,
+        }) = self.queue.front()
+        {
+            let Some((outcome, len)) = W::parse(op, &self.rbuf[consumed..])? else {
+                break;
+            };
+            consumed += len;
+            self.queue.pop_front();
+            let is_error = matches!(outcome, Outcome::Error(_));
+            errors += u64::from(is_error);
+            if measured {
+                ops += 1;
+                self.measured.last_reply = Some(now);
+                self.measured
+                    .record(op, outcome, now.saturating_duration_since(since));
+            } else if let Outcome::Error(message) = outcome {
+                self.measured.unmeasured_errors += 1;
+                self.measured.note_error(message);
+            }
+        }
+        self.rbuf.advance(consumed);
+        live.add(ops, errors);
+        if self.queue.is_empty() && !self.rbuf.is_empty() {
+            return Err(KvsError::Protocol(
+                "the server sent a reply to no request".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Writes keys `range` with `value`, `depth` requests at a time, on
+/// `stream`. Returns the number of error replies and the first error
+/// message; a broken connection is `Err`.
+pub async fn preload<W: Wire>(
+    stream: &mut TcpStream,
+    range: std::ops::Range<u64>,
+    depth: usize,
+    value: &str,
+) -> Result<(u64, Option<String>)> {
+    let mut wbuf = BytesMut::with_capacity(CHUNK);
+    let mut rbuf = BytesMut::with_capacity(CHUNK);
+    let mut key = [0u8; KEY_LEN];
+    let (mut errors, mut first_error) = (0, None);
+    let mut next = range.start;
+    while next < range.end {
+        let batch = (range.end - next).min(depth as u64);
+        for index in next..next + batch {
+            W::encode(Op::Set, format_key(index, &mut key), value, &mut wbuf)?;
+        }
+        next += batch;
+        // Replies to SETs are a few bytes each: the server's socket buffer
+        // holds all of a batch's replies while this write completes.
+        stream.write_all_buf(&mut wbuf).await?;
+        let mut left = batch;
+        while left > 0 {
+            let mut consumed = 0;
+            while left > 0 {
+                let Some((outcome, len)) = W::parse(Op::Set, &rbuf[consumed..])? else {
+                    break;
+                };
+                consumed += len;
+                left -= 1;
+                if let Outcome::Error(message) = outcome {
+                    errors += 1;
+                    first_error.get_or_insert(message);
+                }
+            }
+            rbuf.advance(consumed);
+            if left > 0 && stream.read_buf(&mut rbuf).await? == 0 {
+                return Err(KvsError::Closed(
+                    "the server closed the connection during preload".to_owned(),
+                ));
+            }
+        }
+    }
+    Ok((errors, first_error))
+}

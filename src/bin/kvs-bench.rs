@@ -1,0 +1,133 @@
+//! `kvs-bench`: load-tests a kvs server, or any Redis-protocol server with
+//! the same workload. All logic lives in [`kvs::bench`]; this parses
+//! arguments, runs it, prints the table and sets the exit status.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use kvs::DEFAULT_ADDR;
+use kvs::bench::{BenchOptions, KeyDist, Protocol, Ratio, Stop};
+
+/// Load-test a kvs server (or a Redis server, with --protocol resp).
+///
+/// Exits 1 when any request failed (unless --allow-errors), 2 on bad
+/// arguments or when the run could not start.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Protocol the server speaks: kvs or resp (Redis).
+    #[arg(long, default_value = "kvs")]
+    protocol: Protocol,
+    /// Server address (IP:PORT; host names are not resolved).
+    #[arg(long, default_value = DEFAULT_ADDR)]
+    addr: SocketAddr,
+    /// Connections, each with its own stream of requests.
+    #[arg(short, long, default_value_t = 50)]
+    connections: usize,
+    /// Requests in flight per connection.
+    #[arg(short = 'P', long, default_value_t = 1)]
+    pipeline: usize,
+    /// Measured requests in total, then stop [default: --duration 10].
+    #[arg(short = 'n', long, conflicts_with = "duration")]
+    requests: Option<u64>,
+    /// Seconds of measured load.
+    #[arg(short, long)]
+    duration: Option<f64>,
+    /// Seconds of load before measuring starts.
+    #[arg(long, default_value_t = 0.0)]
+    warmup: f64,
+    /// Operation mix GET:SET, e.g. 9:1, 1:0 (GET only), 0:1 (SET only).
+    #[arg(long, default_value = "9:1")]
+    ratio: Ratio,
+    /// Key space: keys key:000000000000 .. key:(N-1).
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    /// Key distribution: uniform, zipf (exponent 0.99) or zipf:S.
+    #[arg(long, default_value = "uniform")]
+    key_dist: KeyDist,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Write every key once before the run (so GETs hit).
+    #[arg(long)]
+    preload: bool,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Open loop: requests per second in total, latency measured from
+    /// each request's due time [default: closed loop].
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Client runtime threads (1 keeps the harness off the server's cores).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Also write the figures as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Exit 0 even when requests failed.
+    #[arg(long)]
+    allow_errors: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let secs = |s: f64, flag: &str| {
+        Duration::try_from_secs_f64(s).map_err(|_| format!("{flag} must be a non-negative number"))
+    };
+    let stop = match (cli.requests, cli.duration) {
+        (Some(n), _) => Ok(Stop::Requests(n)),
+        (None, Some(d)) => secs(d, "--duration").map(Stop::Duration),
+        (None, None) => Ok(Stop::Duration(Duration::from_secs(10))),
+    };
+    let (stop, warmup) = match (stop, secs(cli.warmup, "--warmup")) {
+        (Ok(stop), Ok(warmup)) => (stop, warmup),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("kvs-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let options = BenchOptions {
+        protocol: cli.protocol,
+        addr: cli.addr,
+        connections: cli.connections,
+        pipeline: cli.pipeline,
+        stop,
+        warmup,
+        ratio: cli.ratio,
+        keys: cli.keys,
+        key_dist: cli.key_dist,
+        value_size: cli.value_size,
+        preload: cli.preload,
+        seed: cli.seed,
+        rate: cli.rate,
+        threads: cli.threads,
+        progress: std::io::stderr().is_terminal(),
+    };
+
+    let report = match kvs::bench::run_blocking(&options) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("kvs-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    print!("{report}");
+    if let Some(path) = &cli.json
+        && let Err(e) = std::fs::write(path, report.to_json() + "\n")
+    {
+        eprintln!("kvs-bench: cannot write {}: {e}", path.display());
+        return ExitCode::from(2);
+    }
+    if report.errors > 0 && !cli.allow_errors {
+        eprintln!(
+            "kvs-bench: {} requests failed (--allow-errors to exit 0 anyway)",
+            report.errors
+        );
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
