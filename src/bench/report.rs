@@ -41,7 +41,9 @@ impl OpSummary {
         } else {
             (
                 h.mean() / 1000.0,
-                [0.5, 0.9, 0.99, 0.999].map(|q| h.value_at_quantile(q)),
+                // A bucket's reported value is its upper edge, which can
+                // pass the exact maximum.
+                [0.5, 0.9, 0.99, 0.999].map(|q| h.value_at_quantile(q).min(stats.max_ns)),
             )
         };
         OpSummary {

@@ -1,0 +1,149 @@
+//! `kvs-bench --protocol resp`: against a tiny in-test RESP2 responder,
+//! and against `redis-server` itself when it is installed.
+
+mod bench_support;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bench_support::{resp_responder, responder};
+use kvs::bench::{self, BenchOptions, KeyDist, Protocol, Ratio, Stop};
+
+fn options(addr: SocketAddr) -> BenchOptions {
+    BenchOptions {
+        protocol: Protocol::Resp,
+        addr,
+        connections: 5,
+        pipeline: 8,
+        stop: Stop::Requests(2000),
+        keys: 300,
+        ..BenchOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp_responder_exact_counts_and_hits() {
+    let addr = responder(|s| resp_responder(s, false)).await;
+    for pipeline in [1, 8] {
+        let opts = BenchOptions {
+            pipeline,
+            // One connection: the responder's map is per connection, so
+            // preload and GETs must share it to hit.
+            connections: 1,
+            preload: true,
+            value_size: 4096,
+            ..options(addr)
+        };
+        let report = bench::run(&opts).await.unwrap();
+        assert_eq!(report.ops, 2000, "{report}");
+        assert_eq!(report.errors, 0, "{report}");
+        assert_eq!(report.hits, report.get.ops, "{report}");
+    }
+    // Without a preload, many connections: misses, no errors.
+    let report = bench::run(&options(addr)).await.unwrap();
+    assert_eq!((report.ops, report.errors), (2000, 0), "{report}");
+    assert_eq!(report.hits + report.misses, report.get.ops);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp_error_replies_are_counted() {
+    let addr = responder(|s| resp_responder(s, true)).await;
+    let report = bench::run(&options(addr)).await.unwrap();
+    assert_eq!(report.ops, 2000);
+    assert_eq!(report.errors, 2000, "{report}");
+    assert!(
+        report
+            .error_samples
+            .iter()
+            .any(|m| m == "ERR injected failure")
+    );
+    // The binary exits non-zero.
+    let out = Command::new(env!("CARGO_BIN_EXE_kvs-bench"))
+        .args(["--protocol", "resp", "--addr", &addr.to_string()])
+        .args(["--requests", "50", "-c", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+}
+
+/// A `redis-server` started by this test on a free loopback port, killed
+/// (by its PID) when dropped.
+struct Redis {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        let installed = Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !installed {
+            return None;
+        }
+        // A free port: bind port 0, note it, release it.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let redis = Redis {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(redis)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn against_redis_server() {
+    let Some(redis) = Redis::start() else {
+        println!("SKIPPED: redis-server not installed");
+        return;
+    };
+    for (ratio, dist, pipeline) in [
+        (Ratio { get: 9, set: 1 }, KeyDist::Uniform, 1),
+        (Ratio { get: 1, set: 0 }, KeyDist::Zipf(0.99), 16),
+        (Ratio { get: 0, set: 1 }, KeyDist::Uniform, 4),
+    ] {
+        let opts = BenchOptions {
+            ratio,
+            key_dist: dist,
+            pipeline,
+            connections: 10,
+            preload: true,
+            value_size: 100,
+            ..options(redis.addr)
+        };
+        let report = bench::run(&opts).await.unwrap();
+        assert_eq!(report.ops, 2000, "{report}");
+        assert_eq!(report.errors, 0, "{report}");
+        assert_eq!(report.hits, report.get.ops, "{report}");
+    }
+    drop(redis);
+}

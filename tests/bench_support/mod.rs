@@ -1,0 +1,171 @@
+//! Shared by the `bench_*` tests: servers for `kvs-bench` to load — the
+//! real kvs server in-process, and tiny responders that misbehave on
+//! purpose or speak RESP.
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use kvs::MemoryEngine;
+use kvs::protocol::{ErrorKind, FrameCodec, Response, encode_frame};
+use kvs::server::ServerConfig;
+use kvs::thread_pool::{SharedQueueThreadPool, ThreadPool};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+
+/// The kvs server (memory engine) in this process on 127.0.0.1:0.
+pub struct KvsServer {
+    pub addr: SocketAddr,
+    token: CancellationToken,
+    handle: JoinHandle<kvs::Result<()>>,
+}
+
+impl KvsServer {
+    pub async fn start() -> KvsServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = Arc::new(<SharedQueueThreadPool as ThreadPool>::new(2).unwrap());
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(kvs::server::run(
+            listener,
+            MemoryEngine::new(),
+            pool,
+            ServerConfig::default(),
+            token.clone(),
+        ));
+        KvsServer {
+            addr,
+            token,
+            handle,
+        }
+    }
+
+    /// Cancels the server and waits (bounded) for a clean shutdown.
+    pub async fn stop(self) {
+        self.token.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.handle)
+            .await
+            .expect("server did not stop within 10 s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// A responder on 127.0.0.1:0 that runs `serve` for every connection, until
+/// the test ends (its runtime drops the tasks).
+pub async fn responder<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
+        }
+    });
+    addr
+}
+
+/// Speaks the kvs framing and answers every request with an error
+/// response; after `close_after` requests (if given) it closes instead.
+pub async fn kvs_error_responder(mut stream: TcpStream, close_after: Option<usize>) {
+    let mut codec = FrameCodec::new(1 << 24);
+    let mut rbuf = BytesMut::new();
+    let mut wbuf = BytesMut::new();
+    let error = Response::Error {
+        kind: ErrorKind::Server,
+        message: "injected failure".into(),
+    };
+    let mut answered = 0;
+    loop {
+        while let Ok(Some(_frame)) = codec.decode(&mut rbuf) {
+            if close_after.is_some_and(|n| answered >= n) {
+                return;
+            }
+            encode_frame(&error, 1 << 24, &mut wbuf).unwrap();
+            answered += 1;
+        }
+        if stream.write_all_buf(&mut wbuf).await.is_err() {
+            return;
+        }
+        match stream.read_buf(&mut rbuf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A tiny RESP2 server: SET and GET on a private map, anything else (or
+/// everything, with `fail`) answered `-ERR`.
+pub async fn resp_responder(stream: TcpStream, fail: bool) {
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    let mut map: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    let mut line = String::new();
+    let mut out = Vec::new();
+    loop {
+        // One command: *N CRLF, then N bulk strings.
+        line.clear();
+        match rd.read_line(&mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let Some(n) = line
+            .trim_end()
+            .strip_prefix('*')
+            .and_then(|n| n.parse().ok())
+        else {
+            return;
+        };
+        let mut args: Vec<Vec<u8>> = Vec::with_capacity(n);
+        for _ in 0..n {
+            line.clear();
+            if rd.read_line(&mut line).await.is_err() {
+                return;
+            }
+            let Some(len) = line
+                .trim_end()
+                .strip_prefix('$')
+                .and_then(|n| n.parse::<usize>().ok())
+            else {
+                return;
+            };
+            let mut arg = vec![0; len + 2];
+            if rd.read_exact(&mut arg).await.is_err() {
+                return;
+            }
+            arg.truncate(len);
+            args.push(arg);
+        }
+        match (fail, args.as_slice()) {
+            (false, [cmd, key, value]) if cmd.eq_ignore_ascii_case(b"SET") => {
+                map.insert(key.clone(), value.clone());
+                out.extend_from_slice(b"+OK\r\n");
+            }
+            (false, [cmd, key]) if cmd.eq_ignore_ascii_case(b"GET") => match map.get(key) {
+                Some(v) => {
+                    out.extend_from_slice(format!("${}\r\n", v.len()).as_bytes());
+                    out.extend_from_slice(v);
+                    out.extend_from_slice(b"\r\n");
+                }
+                None => out.extend_from_slice(b"$-1\r\n"),
+            },
+            _ => out.extend_from_slice(b"-ERR injected failure\r\n"),
+        }
+        // Answer once the pipelined commands that have arrived are read.
+        if rd.buffer().is_empty() {
+            if wr.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+    }
+}
