@@ -337,6 +337,7 @@ impl KvStore {
             live_bytes: rec.live_bytes,
             buf: Vec::new(),
         };
+        segment::warm(&writer.file, writer.map.len() as u64);
         let (compact_tx, compact_rx) = mpsc::channel();
         let core = Arc::new(Core {
             dir,
