@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# kvs-server against redis-server, same kvs-bench workloads, same machine,
+# one run. Writes the section of BENCHMARKS.md between the compare markers
+# and docs/compare.svg (through scripts/compare_report.py).
+#
+#   scripts/compare.sh            # full matrix, about 9 minutes on 2 cores
+#   DURATION=1 REPEAT=1 scripts/compare.sh     # quicker, noisier
+#
+# Every workload runs REPEAT times per server, the servers taking turns;
+# the report keeps each server's best run (highest throughput), which
+# filters out other load on a shared machine rather than averaging it in.
+#
+# Servers: kvs-server --engine kvs --sync every-sec, and redis-server
+# --appendonly yes --appendfsync everysec --save '' (AOF, no RDB
+# snapshots: the same durability as kvs), each in its own temp dir on a
+# free loopback port. Only one server is under load at any time.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+DURATION=${DURATION:-3}      # measured seconds per run
+WARMUP=${WARMUP:-0.5}        # warm-up seconds per run
+REPEAT=${REPEAT:-2}          # runs per server and workload
+KEYS=${KEYS:-100000}         # key space of the workload matrix
+RSS_KEYS=${RSS_KEYS:-1000000}
+CONNECTIONS=50
+
+log() { printf '[compare %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+# --- prerequisites ----------------------------------------------------------
+if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "redis-server/redis-benchmark missing; install redis-server and redis-tools (needs root)" >&2
+        exit 1
+    fi
+    log "installing redis-server redis-tools"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
+fi
+
+log "building release binaries"
+cargo build --release --quiet --bin kvs-server --bin kvs-bench
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+KVS_SERVER=$TARGET_DIR/release/kvs-server
+KVS_BENCH=$TARGET_DIR/release/kvs-bench
+
+WORK=$(mktemp -d -t kvs-compare.XXXXXX)
+OUT=$WORK/results
+mkdir -p "$OUT"
+KVS_PID=
+REDIS_PID=
+
+stop_pid() { # stop_pid PID: SIGTERM, wait (bounded), then SIGKILL
+    local pid=$1
+    [ -n "$pid" ] || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    stop_pid "$KVS_PID"
+    stop_pid "$REDIS_PID"
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_port() { # wait_port PORT PID
+    for _ in $(seq 200); do
+        kill -0 "$2" 2>/dev/null || { echo "server $2 exited at start" >&2; exit 1; }
+        if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $1), 0.2)" 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.05
+    done
+    echo "server on port $1 did not start" >&2
+    exit 1
+}
+
+start_kvs() {
+    local dir=$WORK/kvs-$1
+    mkdir -p "$dir"
+    KVS_PORT=$(free_port)
+    "$KVS_SERVER" --addr "127.0.0.1:$KVS_PORT" --engine kvs --sync every-sec \
+        --dir "$dir" --log-level warn 2>"$WORK/kvs-$1.log" &
+    KVS_PID=$!
+    wait_port "$KVS_PORT" "$KVS_PID"
+}
+
+start_redis() {
+    local dir=$WORK/redis-$1
+    mkdir -p "$dir"
+    REDIS_PORT=$(free_port)
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$dir" \
+        --appendonly yes --appendfsync everysec --save '' \
+        --daemonize no --logfile "$WORK/redis-$1.log" &
+    REDIS_PID=$!
+    wait_port "$REDIS_PORT" "$REDIS_PID"
+}
+
+stop_servers() {
+    stop_pid "$KVS_PID"
+    stop_pid "$REDIS_PID"
+    KVS_PID=
+    REDIS_PID=
+}
+
+bench() { # bench SERVER JSON_NAME kvs-bench-args...
+    local server=$1 name=$2
+    shift 2
+    local proto=kvs port=$KVS_PORT
+    if [ "$server" = redis ]; then proto=resp port=$REDIS_PORT; fi
+    timeout 300 "$KVS_BENCH" --protocol "$proto" --addr "127.0.0.1:$port" --allow-errors \
+        --json "$OUT/$name.json" "$@" >"$OUT/$name.txt"
+}
+
+status_kb() { # status_kb PID FIELD -> kB
+    awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"
+}
+
+cat /proc/loadavg >"$OUT/loadavg-start.txt"
+
+# --- peak RSS after preloading 1M keys of 100 B ------------------------------
+log "peak RSS: preloading $RSS_KEYS keys of 100 B into each server"
+start_kvs rss
+start_redis rss
+for server in kvs redis; do
+    bench "$server" "rss-$server" --preload --keys "$RSS_KEYS" --value-size 100 \
+        --ratio 1:0 --requests 1 -c "$CONNECTIONS"
+done
+{
+    echo "server vmhwm_kb vmrss_kb rssanon_kb rssfile_kb"
+    for server in kvs redis; do
+        pid=$KVS_PID
+        [ "$server" = redis ] && pid=$REDIS_PID
+        echo "$server $(status_kb "$pid" VmHWM) $(status_kb "$pid" VmRSS)" \
+            "$(status_kb "$pid" RssAnon) $(status_kb "$pid" RssFile)"
+    done
+} >"$OUT/rss.txt"
+cat "$OUT/rss.txt" >&2
+stop_servers
+
+# --- the workload matrix -------------------------------------------------------
+run=0
+for size in 100 4096; do
+    log "value size $size B: fresh servers, preloading $KEYS keys"
+    start_kvs "v$size"
+    start_redis "v$size"
+    for server in kvs redis; do
+        bench "$server" "preload-$server-$size" --preload --keys "$KEYS" \
+            --value-size "$size" --ratio 1:0 --requests 1 -c "$CONNECTIONS"
+    done
+    for mix in get:1:0 set:0:1 mixed:9:1; do
+        name=${mix%%:*}
+        ratio=${mix#*:}
+        for pipeline in 1 16; do
+            for dist in uniform zipf; do
+                workload="$name-${size}B-P$pipeline-$dist"
+                log "$workload"
+                for rep in $(seq "$REPEAT"); do
+                    # Alternate who goes first, so drift favours neither.
+                    order="kvs redis"
+                    [ $((run % 2)) -eq 1 ] && order="redis kvs"
+                    run=$((run + 1))
+                    for server in $order; do
+                        bench "$server" "$server@$workload#$rep" --ratio "$ratio" \
+                            -P "$pipeline" --key-dist "$dist" --value-size "$size" \
+                            --keys "$KEYS" -c "$CONNECTIONS" --duration "$DURATION" \
+                            --warmup "$WARMUP"
+                    done
+                done
+            done
+        done
+    done
+
+    if [ "$size" = 100 ]; then
+        # redis-benchmark against the same redis-server, then kvs-bench with
+        # the same workload right after it.
+        for test in get set; do
+            ratio=1:0
+            [ "$test" = set ] && ratio=0:1
+            rps=$(python3 -c "import json; print(json.load(open('$OUT/redis@$test-100B-P1-uniform#1.json'))['throughput'])")
+            n=$(python3 -c "print(max(10000, int($rps * $DURATION)))")
+            log "redis-benchmark -t $test -n $n"
+            timeout 300 redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$CONNECTIONS" \
+                -n "$n" -r "$KEYS" -d 100 -P 1 -t "$test" --csv >"$OUT/redis-benchmark-$test.csv"
+            bench redis "agree-$test" --ratio "$ratio" -P 1 --key-dist uniform \
+                --value-size 100 --keys "$KEYS" -c "$CONNECTIONS" --requests "$n"
+        done
+    fi
+    stop_servers
+done
+
+cat /proc/loadavg >"$OUT/loadavg-end.txt"
+log "writing BENCHMARKS.md section and docs/compare.svg"
+python3 "$ROOT/scripts/compare_report.py" "$OUT" "$ROOT/BENCHMARKS.md" "$ROOT/docs/compare.svg" \
+    --duration "$DURATION" --warmup "$WARMUP" --repeat "$REPEAT" --keys "$KEYS" --rss-keys "$RSS_KEYS" \
+    --connections "$CONNECTIONS"
+log "done"
