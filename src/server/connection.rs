@@ -8,17 +8,13 @@
 //! are read while earlier requests execute, and a client that pipelines is
 //! never serialised behind one request at a time.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::FutureExt;
 use futures::StreamExt;
-use futures::stream::FuturesOrdered;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -27,11 +23,12 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::pipeline::Pipeline;
 use super::{ServerConfig, ServerEngine};
 use crate::protocol::{
     ErrorKind, FrameCodec, PROTOCOL_VERSION, Request, Response, decode_message, encode_frame,
 };
-use crate::thread_pool::{Blocking, SharedQueueThreadPool};
+use crate::thread_pool::SharedQueueThreadPool;
 use crate::{KvsError, Result};
 
 /// What every connection task shares. The engine is not in here: engines
@@ -98,38 +95,6 @@ pub(crate) async fn reject(mut stream: TcpStream, peer: SocketAddr, max_frame_le
     let _ = tokio::time::timeout(REJECT_LINGER, linger).await;
 }
 
-/// A request's place in the response order: answered on the spot (ping,
-/// protocol errors) or running on the pool with an engine clone that comes
-/// back with the response.
-enum Pending<E> {
-    Ready(Option<Response>),
-    Engine(Blocking<(E, Response)>),
-}
-
-impl<E> Future for Pending<E> {
-    type Output = (Option<E>, Response);
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            // `FuturesOrdered` never polls a finished future again, so the
-            // fallback is unreachable; it keeps this free of `unwrap`.
-            Pending::Ready(response) => Poll::Ready((
-                None,
-                response.take().unwrap_or_else(|| {
-                    Response::from_error(&KvsError::Server("response polled twice".to_owned()))
-                }),
-            )),
-            Pending::Engine(job) => Pin::new(job).poll(cx).map(|result| match result {
-                Ok((engine, response)) => (Some(engine), response),
-                Err(e) => {
-                    warn!("request failed on the pool: {e}");
-                    (None, Response::from_error(&e))
-                }
-            }),
-        }
-    }
-}
-
 /// The connection loop. Returns why the connection ended; `Err` only for
 /// socket errors.
 async fn drive<E: ServerEngine>(
@@ -143,10 +108,7 @@ async fn drive<E: ServerEngine>(
     let mut codec = FrameCodec::new(cfg.max_frame_len);
     let mut rbuf = BytesMut::with_capacity(CHUNK);
     let mut wbuf = BytesMut::with_capacity(CHUNK);
-    let mut in_flight = FuturesOrdered::new();
-    // Engine clones for the pool jobs: `KvStore` clones keep their own read
-    // handles, so they are reused rather than made per request.
-    let mut stash: Vec<E> = Vec::new();
+    let mut pipeline = Pipeline::new(template, shared.pool.clone());
 
     // `accepting`: new frames are still decoded and executed (false after
     // shutdown starts or the stream is beyond repair). `eof`: the client
@@ -163,7 +125,11 @@ async fn drive<E: ServerEngine>(
     tokio::pin!(timer);
 
     loop {
-        while accepting && in_flight.len() < cfg.max_in_flight && wbuf.len() < WRITE_HIGH_WATER {
+        while pipeline.len() < cfg.max_in_flight
+            && wbuf.len() < WRITE_HIGH_WATER
+            && !pipeline.is_blocked()
+            && accepting
+        {
             match codec.decode(&mut rbuf) {
                 Ok(Some(frame)) => {
                     partial_since = None;
@@ -173,26 +139,29 @@ async fn drive<E: ServerEngine>(
                         accepting = false;
                         end = "unsupported protocol version";
                     }
-                    in_flight.push_back(dispatch(&frame, shared, &template, &mut stash));
+                    match decode_request(&frame, cfg) {
+                        Ok(request) => pipeline.submit(request),
+                        Err(response) => pipeline.push_ready(response),
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => {
                     // The stream cannot be resynchronised after a refused
                     // header: answer, then close.
-                    in_flight.push_back(Pending::Ready(Some(Response::from_error(&e))));
+                    pipeline.push_ready(Response::from_error(&e));
                     accepting = false;
                     end = "frame over the limit";
                     rbuf = BytesMut::new();
                 }
             }
         }
-        if (!accepting || eof) && in_flight.is_empty() && wbuf.is_empty() {
+        if (!accepting || eof) && pipeline.is_empty() && wbuf.is_empty() {
             return Ok(end);
         }
 
         let can_read = accepting
             && !eof
-            && in_flight.len() < cfg.max_in_flight
+            && pipeline.len() < cfg.max_in_flight
             && wbuf.len() < WRITE_HIGH_WATER;
         if rbuf.is_empty() {
             partial_since = None;
@@ -220,7 +189,7 @@ async fn drive<E: ServerEngine>(
         if can_read {
             if let Some(since) = partial_since {
                 consider(since + cfg.frame_timeout, "frame timeout");
-            } else if in_flight.is_empty() && wbuf.is_empty() {
+            } else if pipeline.is_empty() && wbuf.is_empty() {
                 consider(last_activity + cfg.idle_timeout, "idle timeout");
             }
         }
@@ -232,15 +201,15 @@ async fn drive<E: ServerEngine>(
 
         tokio::select! {
             biased;
-            Some((engine, response)) = in_flight.next(), if !in_flight.is_empty() => {
+            Some((engine, response)) = pipeline.in_flight.next(), if !pipeline.in_flight.is_empty() => {
                 if wbuf.is_empty() {
                     write_progress = Instant::now();
                 }
-                finish(engine, &response, cfg, &mut stash, &mut wbuf);
+                finish(engine, &response, cfg, &mut pipeline, &mut wbuf);
                 // Collect every other finished response now, so that one
                 // write carries them all.
-                while let Some(Some((engine, response))) = in_flight.next().now_or_never() {
-                    finish(engine, &response, cfg, &mut stash, &mut wbuf);
+                while let Some(Some((engine, response))) = pipeline.in_flight.next().now_or_never() {
+                    finish(engine, &response, cfg, &mut pipeline, &mut wbuf);
                 }
             }
             written = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => {
@@ -277,79 +246,30 @@ async fn drive<E: ServerEngine>(
     }
 }
 
-/// Starts one decoded frame: answered at once or sent to the pool.
-fn dispatch<E: ServerEngine>(
-    frame: &[u8],
-    shared: &Shared,
-    template: &E,
-    stash: &mut Vec<E>,
-) -> Pending<E> {
-    let request: Request = match decode_message(frame) {
-        Ok(request) => request,
-        Err(e) => return Pending::Ready(Some(Response::from_error(&e))),
-    };
-    match request {
-        Request::Ping => Pending::Ready(Some(Response::Pong)),
-        Request::GetMany { keys } if keys.len() > shared.config.max_batch_keys => {
-            Pending::Ready(Some(Response::from_error(&KvsError::Limit(format!(
+/// Decodes one frame into a request, or the error response it earns.
+fn decode_request(frame: &[u8], cfg: &ServerConfig) -> std::result::Result<Request, Response> {
+    let request: Request = decode_message(frame).map_err(|e| Response::from_error(&e))?;
+    match &request {
+        Request::GetMany { keys } if keys.len() > cfg.max_batch_keys => {
+            Err(Response::from_error(&KvsError::Limit(format!(
                 "batch of {} keys exceeds the maximum of {}",
                 keys.len(),
-                shared.config.max_batch_keys
-            )))))
+                cfg.max_batch_keys
+            ))))
         }
-        request => {
-            let engine = stash.pop().unwrap_or_else(|| template.clone());
-            Pending::Engine(shared.pool.run(move || {
-                let response = execute(&engine, request);
-                (engine, response)
-            }))
-        }
+        _ => Ok(request),
     }
 }
 
-/// Runs one request against the engine; on a pool thread.
-fn execute<E: ServerEngine>(engine: &E, request: Request) -> Response {
-    let result = match request {
-        Request::Ping => Ok(Response::Pong),
-        Request::Get { key } => engine.get(key).map(Response::Value),
-        Request::Set {
-            key,
-            value,
-            ttl_ms: None,
-        } => engine.set(key, value).map(|()| Response::Ok),
-        Request::Set {
-            key,
-            value,
-            ttl_ms: Some(ms),
-        } => engine
-            .set_with_ttl(key, value, Duration::from_millis(ms))
-            .map(|()| Response::Ok),
-        Request::Remove { key } => engine.remove(key).map(|()| Response::Ok),
-        Request::GetMany { keys } => keys
-            .into_iter()
-            .map(|key| engine.get(key))
-            .collect::<Result<Vec<_>>>()
-            .map(Response::Values),
-    };
-    result.unwrap_or_else(|e| {
-        if !matches!(e, KvsError::KeyNotFound | KvsError::InvalidInput(_)) {
-            warn!("engine error: {e}");
-        }
-        Response::from_error(&e)
-    })
-}
-
-/// Returns the engine clone to the stash and queues the response.
-fn finish<E>(
+/// Records the response as finished and queues it for sending.
+fn finish<E: ServerEngine>(
     engine: Option<E>,
     response: &Response,
     cfg: &ServerConfig,
-    stash: &mut Vec<E>,
+    pipeline: &mut Pipeline<E>,
     wbuf: &mut BytesMut,
 ) {
-    if let Some(engine) = engine {
-        stash.push(engine);
-    }
+    pipeline.finished(engine);
     if let Err(e) = encode_frame(response, cfg.max_frame_len, wbuf) {
         // Too large for a frame (a big batch): the client still gets one
         // response in this slot, so the order holds. The config guarantees

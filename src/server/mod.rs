@@ -12,6 +12,7 @@ mod config;
 mod connection;
 mod engine;
 mod launch;
+mod pipeline;
 
 use std::sync::Arc;
 use std::time::Duration;
