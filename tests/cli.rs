@@ -1,0 +1,369 @@
+//! `kvs-server` and `kvs-client` as a new user runs them: spawned
+//! binaries in temporary directories, real signals.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_kvs-server");
+const CLIENT: &str = env!("CARGO_BIN_EXE_kvs-client");
+
+/// A `kvs-server` child. Killed (by its PID, through `Child`) if a test
+/// fails while it runs.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts the server on 127.0.0.1:0 in `dir` and waits for the log line
+    /// that gives the bound address.
+    fn start(dir: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(SERVER)
+            .args(["--addr", "127.0.0.1:0", "--log-level", "info"])
+            .args(extra)
+            .current_dir(dir)
+            .env_remove("KVS_ADDR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                    let _ = tx.send(addr);
+                }
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr.parse().unwrap(),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start: {}", log.lock().unwrap());
+            }
+        };
+        Server { child, addr, log }
+    }
+
+    fn client(&self, args: &[&str]) -> Output {
+        client(self.addr, args)
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the server to exit and returns its exit code.
+    fn wait(mut self) -> Option<i32> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "server did not exit: {}",
+                self.log.lock().unwrap()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn client(addr: SocketAddr, args: &[&str]) -> Output {
+    Command::new(CLIENT)
+        .args(args)
+        .args(["--addr", &addr.to_string()])
+        .env_remove("KVS_ADDR")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn run(bin: &str, args: &[&str], dir: &Path) -> Output {
+    Command::new(bin)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("KVS_ADDR")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn session_outputs_and_exit_codes() {
+    for engine in ["memory", "kvs"] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(dir.path(), &["--engine", engine]);
+
+        let o = server.client(&["set", "key1", "value1"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(stdout(&o), "");
+        let o = server.client(&["get", "key1"]);
+        assert_eq!((o.status.code(), stdout(&o)), (Some(0), "value1\n".into()));
+        let o = server.client(&["set", "ключ", "значение с пробелами"]);
+        assert!(o.status.success());
+        let o = server.client(&["get", "ключ"]);
+        assert_eq!(stdout(&o), "значение с пробелами\n");
+
+        let o = server.client(&["get", "missing"]);
+        assert_eq!(
+            (o.status.code(), stdout(&o)),
+            (Some(0), "Key not found\n".into())
+        );
+
+        let o = server.client(&["rm", "key1"]);
+        assert_eq!((o.status.code(), stdout(&o)), (Some(0), String::new()));
+        let o = server.client(&["rm", "key1"]);
+        assert_eq!(o.status.code(), Some(1));
+        assert_eq!(stdout(&o), "");
+        assert_eq!(stderr(&o), "Key not found\n");
+        let o = server.client(&["get", "key1"]);
+        assert_eq!(stdout(&o), "Key not found\n");
+
+        let o = server.client(&["ping"]);
+        assert_eq!((o.status.code(), stdout(&o)), (Some(0), "PONG\n".into()));
+
+        // The address also comes from KVS_ADDR.
+        let o = Command::new(CLIENT)
+            .args(["get", "ключ"])
+            .env("KVS_ADDR", server.addr.to_string())
+            .output()
+            .unwrap();
+        assert_eq!(stdout(&o), "значение с пробелами\n");
+
+        server.signal("-TERM");
+        assert_eq!(server.wait(), Some(0));
+    }
+}
+
+#[test]
+fn start_log_names_version_engine_dir_and_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--engine", "kvs", "--sync", "always"]);
+    let log = server.log.lock().unwrap().clone();
+    for needle in [
+        env!("CARGO_PKG_VERSION"),
+        "engine=kvs",
+        "sync=always",
+        &dir.path().display().to_string(),
+    ] {
+        assert!(log.contains(needle), "{needle} missing from {log}");
+    }
+    server.signal("-INT");
+    assert_eq!(server.wait(), Some(0));
+}
+
+#[test]
+fn usage_errors_fail_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &[][..],
+        &["get"][..],
+        &["get", "a", "b"][..],
+        &["set", "k"][..],
+        &["set", "k", "v", "extra"][..],
+        &["rm"][..],
+        &["frobnicate", "k"][..],
+        &["get", "k", "--addr", "not-an-address"][..],
+        &["get", "k", "--addr", "localhost:4000"][..],
+    ] {
+        let o = run(CLIENT, args, dir.path());
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(!stderr(&o).is_empty(), "{args:?}: no message");
+    }
+    for args in [
+        &["--addr", "nope"][..],
+        &["--engine", "sled"][..],
+        &["--sync", "sometimes"][..],
+        &["--threads", "x"][..],
+        &["extra"][..],
+    ] {
+        let o = run(SERVER, args, dir.path());
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(!stderr(&o).is_empty());
+    }
+}
+
+#[test]
+fn version_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    for bin in [SERVER, CLIENT] {
+        for flag in ["-V", "--version"] {
+            let o = run(bin, &[flag], dir.path());
+            assert!(o.status.success());
+            assert!(stdout(&o).contains(env!("CARGO_PKG_VERSION")));
+        }
+    }
+}
+
+#[test]
+fn unreachable_server_is_a_clear_error() {
+    // A port nothing listens on: bound, then released.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let o = client(addr, &["get", "k"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("cannot connect"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+/// Startup failures: one line on stderr, non-zero exit, no panic.
+#[test]
+fn startup_failures_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |o: Output, needle: &str| {
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains(needle), "{needle} not in {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(!err.contains("panicked"));
+    };
+
+    // Port in use.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let o = run(
+        SERVER,
+        &["--engine", "memory", "--addr", &addr, "--log-level", "off"],
+        dir.path(),
+    );
+    check(o, "cannot listen");
+
+    // The data directory is a file.
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let o = run(
+        SERVER,
+        &["--dir", file.to_str().unwrap(), "--log-level", "off"],
+        dir.path(),
+    );
+    check(o, "data directory");
+
+    // Another engine is recorded: refused before binding (the port stays
+    // free for the next step).
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &["--engine", "memory"]);
+    server.signal("-TERM");
+    assert_eq!(server.wait(), Some(0));
+    let o = run(
+        SERVER,
+        &["--engine", "kvs", "--addr", &addr, "--log-level", "off"],
+        data.path(),
+    );
+    check(o, "memory");
+
+    // A data directory locked by a running server.
+    let locked = tempfile::tempdir().unwrap();
+    let first = Server::start(locked.path(), &["--engine", "kvs"]);
+    let o = run(
+        SERVER,
+        &["--addr", "127.0.0.1:0", "--log-level", "off"],
+        locked.path(),
+    );
+    check(o, "locked");
+    first.signal("-TERM");
+    assert_eq!(first.wait(), Some(0));
+}
+
+#[test]
+fn sigterm_exits_zero_and_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--sync", "never"]);
+    for i in 0..50 {
+        let o = server.client(&["set", &format!("k{i}"), &format!("v{i}")]);
+        assert!(o.status.success());
+    }
+    server.signal("-TERM");
+    assert_eq!(server.wait(), Some(0));
+
+    let server = Server::start(dir.path(), &[]);
+    for i in 0..50 {
+        let o = server.client(&["get", &format!("k{i}")]);
+        assert_eq!(stdout(&o), format!("v{i}\n"));
+    }
+    server.signal("-TERM");
+    assert_eq!(server.wait(), Some(0));
+}
+
+/// SIGKILL while clients write; after a restart, every write whose
+/// `kvs-client set` exited 0 is there.
+#[test]
+fn sigkill_during_writes_keeps_acknowledged_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    let addr = server.addr;
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let acked = acked.clone();
+            thread::spawn(move || {
+                for i in 0..10_000 {
+                    let (k, v) = (format!("w{w}-{i}"), format!("value-{w}-{i}"));
+                    if !client(addr, &["set", &k, &v]).status.success() {
+                        break;
+                    }
+                    acked.lock().unwrap().push((k, v));
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    while acked.lock().unwrap().len() < 60 {
+        assert!(start.elapsed() < Duration::from_secs(60), "writes stalled");
+        thread::sleep(Duration::from_millis(10));
+    }
+    server.child.kill().unwrap(); // SIGKILL, by PID
+    server.child.wait().unwrap();
+    for w in writers {
+        w.join().unwrap();
+    }
+    drop(server);
+
+    let server = Server::start(dir.path(), &[]);
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 60);
+    for (k, v) in &acked {
+        let o = server.client(&["get", k]);
+        assert_eq!(stdout(&o), format!("{v}\n"), "lost {k}");
+    }
+    server.signal("-TERM");
+    assert_eq!(server.wait(), Some(0));
+}
