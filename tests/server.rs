@@ -171,16 +171,13 @@ async fn pipelined_bursts_keep_order() {
             }
         }
         // The lean path: queue, flush, receive one by one.
-        for i in 0..100 {
-            c.queue(&Request::Get { key: &keys[i] }).unwrap();
+        for key in &keys[..100] {
+            c.queue(&Request::Get { key: key.as_str() }).unwrap();
         }
         c.flush().await.unwrap();
         assert_eq!(c.pending(), 100);
-        for i in 0..100 {
-            assert_eq!(
-                c.recv().await.unwrap(),
-                Response::Value(Some(vals[i].clone()))
-            );
+        for val in &vals[..100] {
+            assert_eq!(c.recv().await.unwrap(), Response::Value(Some(val.clone())));
         }
         assert!(matches!(c.recv().await, Err(KvsError::InvalidInput(_))));
         server.stop().await;
@@ -643,11 +640,8 @@ async fn shutdown_is_prompt_with_open_connections() {
         let (addr, counter) = (server.addr, counter.clone());
         tokio::spawn(async move {
             let mut c = KvsClient::connect(addr).await.unwrap();
-            loop {
-                match c.set("k", "v").await {
-                    Ok(()) => counter.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => break,
-                };
+            while c.set("k", "v").await.is_ok() {
+                counter.fetch_add(1, Ordering::Relaxed);
             }
         })
     };
