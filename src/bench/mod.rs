@@ -194,8 +194,13 @@ async fn show_progress(live: Arc<Live>, measure_from: Instant) {
             0.0
         };
         last = (now, ops);
-        let phase = if now < measure_from { " (warm-up)" } else { "" };
-        let elapsed = now.saturating_duration_since(measure_from).as_secs_f64();
+        let (elapsed, phase) = if now < measure_from {
+            let left = measure_from.duration_since(now).as_secs_f64();
+            (0.0, format!(" (warm-up, {left:.1} s left)"))
+        } else {
+            let elapsed = now.duration_since(measure_from).as_secs_f64();
+            (elapsed, String::new())
+        };
         let mut err = std::io::stderr().lock();
         let _ = write!(
             err,
