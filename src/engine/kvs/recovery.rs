@@ -1,6 +1,15 @@
 //! Rebuilding the index from the segments on open.
+//!
+//! Segments are scanned in parallel, each into a list sorted by key with
+//! only its last record per key; the lists are then merged (for equal keys
+//! the newest segment wins, and a winning tombstone drops the key) and the
+//! result is inserted into the skip list in key order. Sorted insertion keeps
+//! every skip-list search on the cached right edge of the list, several
+//! times faster than inserting in log or hash order; a compacted segment is
+//! already in key order, so its sort is a single pass.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -24,8 +33,15 @@ pub struct Recovered {
     pub live_bytes: u64,
 }
 
-/// Scans every segment of `dir` in id order into `index` (which must be
-/// empty). See "Recovery" in `docs/design.md`.
+/// The last record of each key in one segment, sorted by key.
+struct Scanned {
+    id: SegmentId,
+    records: Vec<(String, Loc, Kind)>,
+    end: ScanEnd,
+}
+
+/// Scans every segment of `dir` into `index` (which must be empty). See
+/// "Recovery" in `docs/design.md`.
 pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered> {
     let ids = segment::list_and_clean(dir)?;
     let Some(&newest) = ids.last() else {
@@ -39,66 +55,46 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
         });
     };
 
-    // NOTE: a HashMap first, then one bulk insert into the skip list: most of
-    // a log is usually overwrites, and HashMap updates are far cheaper than
-    // skip-list node churn.
-    let mut map: HashMap<String, Loc> = HashMap::new();
+    let mut scanned = scan_parallel(dir, &ids)?;
     let mut disk_bytes = 0;
     let mut newest_len = 0;
-    for &id in &ids {
-        let p = segment::path(dir, id);
-        let end = segment::scan(&p, |rec| {
-            let loc = Loc {
-                seg: id,
-                len: rec.header.record_len() as u32,
-                offset: rec.offset,
-                expires_at: rec.header.expires_at,
-            };
-            match rec.header.kind {
-                Kind::Put => match map.get_mut(rec.key) {
-                    Some(slot) => *slot = loc,
-                    None => {
-                        map.insert(rec.key.to_owned(), loc);
-                    }
-                },
-                Kind::Tombstone => {
-                    map.remove(rec.key);
-                }
-            }
-        })?;
-        let len = match end {
-            ScanEnd::Clean { len } => len,
+    for s in &mut scanned {
+        let p = segment::path(dir, s.id);
+        let len = match &s.end {
+            ScanEnd::Clean { len } => *len,
             ScanEnd::Bad {
                 offset,
                 reason,
                 len,
                 followed_by_valid: false,
-            } if id == newest => {
-                if offset >= SEGMENT_HEADER_LEN && segment::zero_from(&p, offset, len)? {
+            } if s.id == newest => {
+                if *offset >= SEGMENT_HEADER_LEN && segment::zero_from(&p, *offset, *len)? {
                     // The reserved, never written end of the active segment.
-                    offset
+                    *offset
                 } else {
-                    cut_tail(&p, offset, &reason, len)?
+                    cut_tail(&p, *offset, reason, *len)?
                 }
             }
             ScanEnd::Bad { offset, reason, .. } => {
                 return Err(KvsError::Corrupt {
                     path: p,
-                    offset,
-                    reason,
+                    offset: *offset,
+                    reason: reason.clone(),
                 });
             }
         };
         disk_bytes += len;
-        if id == newest {
+        if s.id == newest {
             newest_len = len;
         }
     }
 
-    let live_bytes = map.values().map(|l| l.len as u64).sum();
-    for (k, v) in map {
-        index.insert(k, Slot::new(v));
-    }
+    let mut live_bytes = 0;
+    merge(scanned, |key, loc| {
+        live_bytes += loc.len as u64;
+        index.insert(key, Slot::new(loc));
+    });
+
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -111,6 +107,101 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
         disk_bytes,
         live_bytes,
     })
+}
+
+/// Scans the segments on up to one thread per CPU; results in `ids` order.
+fn scan_parallel(dir: &Path, ids: &[SegmentId]) -> Result<Vec<Scanned>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(ids.len());
+    let per_thread = ids.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = ids
+            .chunks(per_thread)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|&id| scan_one(dir, id))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for h in handles {
+            match h.join() {
+                Ok(results) => {
+                    for r in results {
+                        out.push(r?);
+                    }
+                }
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        Ok(out)
+    })
+}
+
+fn scan_one(dir: &Path, id: SegmentId) -> Result<Scanned> {
+    let mut records = Vec::new();
+    let end = segment::scan(&segment::path(dir, id), |rec| {
+        let loc = Loc {
+            seg: id,
+            len: rec.header.record_len() as u32,
+            offset: rec.offset,
+            expires_at: rec.header.expires_at,
+        };
+        records.push((rec.key.to_owned(), loc, rec.header.kind));
+    })?;
+    // Stable, so equal keys stay in log order and the last one is the latest.
+    records.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut latest: Vec<(String, Loc, Kind)> = Vec::with_capacity(records.len());
+    for r in records {
+        match latest.last_mut() {
+            Some(last) if last.0 == r.0 => *last = r,
+            _ => latest.push(r),
+        }
+    }
+    Ok(Scanned {
+        id,
+        records: latest,
+        end,
+    })
+}
+
+/// Merges the per-segment lists in key order, newest segment first among
+/// equal keys, and calls `emit` for every key whose latest record is a put.
+fn merge(scanned: Vec<Scanned>, mut emit: impl FnMut(String, Loc)) {
+    let mut lists: Vec<(SegmentId, std::vec::IntoIter<(String, Loc, Kind)>)> = scanned
+        .into_iter()
+        .map(|s| (s.id, s.records.into_iter()))
+        .collect();
+    // Heap entries: (key, newest first, list index, its record).
+    type Entry = Reverse<(String, Reverse<SegmentId>, usize, Loc, bool)>;
+    let mut heap: BinaryHeap<Entry> = BinaryHeap::with_capacity(lists.len());
+    let push = |heap: &mut BinaryHeap<Entry>,
+                lists: &mut [(SegmentId, std::vec::IntoIter<_>)],
+                i: usize| {
+        let (id, it) = &mut lists[i];
+        if let Some((key, loc, kind)) = it.next() {
+            heap.push(Reverse((key, Reverse(*id), i, loc, kind == Kind::Put)));
+        }
+    };
+    for i in 0..lists.len() {
+        push(&mut heap, &mut lists, i);
+    }
+    while let Some(Reverse((key, _, i, loc, is_put))) = heap.pop() {
+        push(&mut heap, &mut lists, i);
+        // Older records of the same key lose.
+        while heap.peek().is_some_and(|Reverse(e)| e.0 == key) {
+            if let Some(Reverse((_, _, j, _, _))) = heap.pop() {
+                push(&mut heap, &mut lists, j);
+            }
+        }
+        if is_put {
+            emit(key, loc);
+        }
+    }
 }
 
 /// Truncates a torn tail of the newest segment at `offset`; returns the new
