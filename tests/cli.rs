@@ -41,11 +41,11 @@ impl Server {
         let sink = log.clone();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&format!("{line}\n"));
                 if let Some(rest) = line.split("listening on ").nth(1) {
                     let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
                     let _ = tx.send(addr);
                 }
-                sink.lock().unwrap().push_str(&(line + "\n"));
             }
         });
         let addr = match rx.recv_timeout(Duration::from_secs(20)) {

@@ -23,7 +23,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::pipeline::Pipeline;
+use super::pipeline::{Answer, Pipeline};
 use super::{ServerConfig, ServerEngine};
 use crate::protocol::{
     ErrorKind, FrameCodec, PROTOCOL_VERSION, Request, Response, decode_message, encode_frame,
@@ -155,6 +155,7 @@ async fn drive<E: ServerEngine>(
                 }
             }
         }
+        pipeline.launch_batch();
         if (!accepting || eof) && pipeline.is_empty() && wbuf.is_empty() {
             return Ok(end);
         }
@@ -201,15 +202,15 @@ async fn drive<E: ServerEngine>(
 
         tokio::select! {
             biased;
-            Some((engine, response)) = pipeline.in_flight.next(), if !pipeline.in_flight.is_empty() => {
+            Some((engine, answer)) = pipeline.in_flight.next(), if !pipeline.in_flight.is_empty() => {
                 if wbuf.is_empty() {
                     write_progress = Instant::now();
                 }
-                finish(engine, &response, cfg, &mut pipeline, &mut wbuf);
+                finish(engine, answer, cfg, &mut pipeline, &mut wbuf);
                 // Collect every other finished response now, so that one
                 // write carries them all.
-                while let Some(Some((engine, response))) = pipeline.in_flight.next().now_or_never() {
-                    finish(engine, &response, cfg, &mut pipeline, &mut wbuf);
+                while let Some(Some((engine, answer))) = pipeline.in_flight.next().now_or_never() {
+                    finish(engine, answer, cfg, &mut pipeline, &mut wbuf);
                 }
             }
             written = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => {
@@ -261,15 +262,29 @@ fn decode_request(frame: &[u8], cfg: &ServerConfig) -> std::result::Result<Reque
     }
 }
 
-/// Records the response as finished and queues it for sending.
+/// Records the answer as finished and queues its responses for sending.
 fn finish<E: ServerEngine>(
     engine: Option<E>,
-    response: &Response,
+    answer: Answer,
     cfg: &ServerConfig,
     pipeline: &mut Pipeline<E>,
     wbuf: &mut BytesMut,
 ) {
-    pipeline.finished(engine);
+    match answer {
+        Answer::One(response) => {
+            pipeline.finished(engine, 1);
+            queue_response(&response, cfg, wbuf);
+        }
+        Answer::Many(responses) => {
+            pipeline.finished(engine, responses.len());
+            for response in &responses {
+                queue_response(response, cfg, wbuf);
+            }
+        }
+    }
+}
+
+fn queue_response(response: &Response, cfg: &ServerConfig, wbuf: &mut BytesMut) {
     if let Err(e) = encode_frame(response, cfg.max_frame_len, wbuf) {
         // Too large for a frame (a big batch): the client still gets one
         // response in this slot, so the order holds. The config guarantees

@@ -23,16 +23,31 @@ use crate::protocol::{Request, Response};
 use crate::thread_pool::{Blocking, SharedQueueThreadPool};
 use crate::{KvsError, Result};
 
-/// A request's place in the response order: answered on the spot (ping,
-/// protocol errors) or running on the pool with an engine clone that comes
-/// back with the response.
+/// Most requests one pool job executes, in order. Requests decoded from the
+/// same read are grouped so that a pipelining client pays one hand-off to
+/// the pool per group instead of per request; with a window of 16 and
+/// groups of 8, two workers still run one connection's requests at once.
+const JOB_BATCH: usize = 8;
+
+/// The responses one entry of the response order yields.
+pub(crate) enum Answer {
+    One(Response),
+    Many(Vec<Response>),
+}
+
+/// A place in the response order: answered on the spot (ping, protocol
+/// errors) or a group of requests running on the pool with an engine clone
+/// that comes back with the responses.
 pub(crate) enum Pending<E> {
     Ready(Option<Response>),
-    Engine(Blocking<(E, Response)>),
+    Engine {
+        job: Blocking<(E, Vec<Response>)>,
+        requests: usize,
+    },
 }
 
 impl<E> Future for Pending<E> {
-    type Output = (Option<E>, Response);
+    type Output = (Option<E>, Answer);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
@@ -40,17 +55,22 @@ impl<E> Future for Pending<E> {
             // fallback is unreachable; it keeps this free of `unwrap`.
             Pending::Ready(response) => Poll::Ready((
                 None,
-                response.take().unwrap_or_else(|| {
+                Answer::One(response.take().unwrap_or_else(|| {
                     Response::from_error(&KvsError::Server("response polled twice".to_owned()))
-                }),
+                })),
             )),
-            Pending::Engine(job) => Pin::new(job).poll(cx).map(|result| match result {
-                Ok((engine, response)) => (Some(engine), response),
-                Err(e) => {
-                    warn!("request failed on the pool: {e}");
-                    (None, Response::from_error(&e))
-                }
-            }),
+            Pending::Engine { job, requests } => {
+                Pin::new(job).poll(cx).map(|result| match result {
+                    Ok((engine, responses)) => (Some(engine), Answer::Many(responses)),
+                    Err(e) => {
+                        // The job panicked: every request in it fails, and
+                        // the client still gets one response per request.
+                        warn!("request failed on the pool: {e}");
+                        let error = Response::from_error(&e);
+                        (None, Answer::Many(vec![error; *requests]))
+                    }
+                })
+            }
         }
     }
 }
@@ -65,11 +85,15 @@ pub(crate) struct Pipeline<E> {
     /// Engine clones back from the pool: `KvStore` clones keep their own
     /// read handles, so they are reused rather than made per request.
     stash: Vec<E>,
-    /// Sequence number of the next request started, and how many responses
-    /// have come out: request `s` has finished once `done > s`.
+    /// Requests accepted but not yet sent to the pool; they go as one job.
+    batch: Vec<Request>,
+    /// Requests in `in_flight`, counting each of a job's requests.
+    running: usize,
+    /// Sequence number of the next request to start, and how many
+    /// responses have come out: request `s` has finished once `done > s`.
     started: u64,
     done: u64,
-    /// Keys of unfinished engine requests: (key hash, sequence, writes).
+    /// Keys of unfinished jobs: (key hash, last sequence of its job, writes).
     touched: Vec<(u64, u64, bool)>,
     /// A request waiting for request `.1` to finish; nothing after it
     /// starts before it does.
@@ -83,6 +107,8 @@ impl<E: ServerEngine> Pipeline<E> {
             pool,
             template,
             stash: Vec::new(),
+            batch: Vec::new(),
+            running: 0,
             started: 0,
             done: 0,
             touched: Vec::new(),
@@ -90,21 +116,22 @@ impl<E: ServerEngine> Pipeline<E> {
         }
     }
 
-    /// Requests started or held.
+    /// Requests accepted and not yet answered.
     pub(crate) fn len(&self) -> usize {
-        self.in_flight.len() + usize::from(self.held.is_some())
+        self.running + self.batch.len() + usize::from(self.held.is_some())
     }
 
     pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Whether a held request blocks everything behind it.
+    /// Whether a held request still blocks everything behind it; releases
+    /// it into the next job once what it waited for has finished.
     pub(crate) fn is_blocked(&mut self) -> bool {
         match &self.held {
             Some((_, after)) if self.done > *after => {
                 if let Some((request, _)) = self.held.take() {
-                    self.launch(request);
+                    self.batch.push(request);
                 }
                 false
             }
@@ -115,25 +142,70 @@ impl<E: ServerEngine> Pipeline<E> {
 
     /// Queues a response known without the engine.
     pub(crate) fn push_ready(&mut self, response: Response) {
+        self.launch_batch();
         self.started += 1;
+        self.running += 1;
         self.in_flight.push_back(Pending::Ready(Some(response)));
     }
 
-    /// Starts `request`, or holds it behind the earlier request it depends
-    /// on. Call only when [`is_blocked`](Self::is_blocked) is false.
+    /// Accepts `request`: into the current batch, or held behind the
+    /// earlier job it depends on. Call only when
+    /// [`is_blocked`](Self::is_blocked) is false, and call
+    /// [`launch_batch`](Self::launch_batch) before waiting for anything.
     pub(crate) fn submit(&mut self, request: Request) {
         if let Request::Ping = request {
             return self.push_ready(Response::Pong);
         }
+        // Requests within one batch run in order, so only earlier jobs can
+        // conflict.
         match self.conflict(&request) {
-            Some(after) => self.held = Some((request, after)),
-            None => self.launch(request),
+            Some(after) => {
+                self.launch_batch();
+                self.held = Some((request, after));
+            }
+            None => {
+                self.batch.push(request);
+                if self.batch.len() >= JOB_BATCH {
+                    self.launch_batch();
+                }
+            }
         }
     }
 
-    /// Records that the next response came out of `in_flight`.
-    pub(crate) fn finished(&mut self, engine: Option<E>) {
-        self.done += 1;
+    /// Sends the current batch to the pool as one job.
+    pub(crate) fn launch_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let requests = std::mem::take(&mut self.batch);
+        let count = requests.len();
+        let last = self.started + count as u64 - 1;
+        self.started += count as u64;
+        self.running += count;
+        for request in &requests {
+            for_each_key(request, |hash, writes| {
+                self.touched.push((hash, last, writes))
+            });
+        }
+        let engine = self.stash.pop().unwrap_or_else(|| self.template.clone());
+        let job = self.pool.run(move || {
+            let responses = requests
+                .into_iter()
+                .map(|request| execute(&engine, request))
+                .collect();
+            (engine, responses)
+        });
+        self.in_flight.push_back(Pending::Engine {
+            job,
+            requests: count,
+        });
+    }
+
+    /// Records that the next entry came out of `in_flight` with `answered`
+    /// responses.
+    pub(crate) fn finished(&mut self, engine: Option<E>, answered: usize) {
+        self.done += answered as u64;
+        self.running -= answered;
         if let Some(engine) = engine {
             self.stash.push(engine);
         }
@@ -152,19 +224,6 @@ impl<E: ServerEngine> Pipeline<E> {
             }
         });
         after
-    }
-
-    fn launch(&mut self, request: Request) {
-        let seq = self.started;
-        self.started += 1;
-        let touched = &mut self.touched;
-        for_each_key(&request, |hash, writes| touched.push((hash, seq, writes)));
-        let engine = self.stash.pop().unwrap_or_else(|| self.template.clone());
-        self.in_flight
-            .push_back(Pending::Engine(self.pool.run(move || {
-                let response = execute(&engine, request);
-                (engine, response)
-            })));
     }
 }
 
