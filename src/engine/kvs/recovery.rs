@@ -8,8 +8,6 @@
 //! times faster than inserting in log or hash order; a compacted segment is
 //! already in key order, so its sort is a single pass.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -89,12 +87,31 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
         }
     }
 
-    let mut live_bytes = 0;
-    merge(scanned, |key, loc| {
-        live_bytes += loc.len as u64;
-        index.insert(key, Slot::new(loc));
+    // The merge and the skip-list inserts overlap: one thread merges and
+    // hands sorted chunks to this one, which inserts them.
+    let live_bytes = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(String, Loc)>>(4);
+        scope.spawn(move || {
+            const CHUNK: usize = 8192;
+            let mut chunk = Vec::with_capacity(CHUNK);
+            merge(scanned, |key, loc| {
+                chunk.push((key, loc));
+                if chunk.len() == CHUNK {
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                    let _ = tx.send(full);
+                }
+            });
+            let _ = tx.send(chunk);
+        });
+        let mut live_bytes = 0;
+        for chunk in rx {
+            for (key, loc) in chunk {
+                live_bytes += loc.len as u64;
+                index.insert(key, Slot::new(loc));
+            }
+        }
+        live_bytes
     });
-
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -171,34 +188,34 @@ fn scan_one(dir: &Path, id: SegmentId) -> Result<Scanned> {
 
 /// Merges the per-segment lists in key order, newest segment first among
 /// equal keys, and calls `emit` for every key whose latest record is a put.
+///
+/// A linear pick over the list heads: there are few segments (one per
+/// 64 MiB of log), and it compares each key about once per list, where a
+/// binary heap moved and compared every entry several times.
 fn merge(scanned: Vec<Scanned>, mut emit: impl FnMut(String, Loc)) {
-    let mut lists: Vec<(SegmentId, std::vec::IntoIter<(String, Loc, Kind)>)> = scanned
-        .into_iter()
-        .map(|s| (s.id, s.records.into_iter()))
-        .collect();
-    // Heap entries: (key, newest first, list index, its record).
-    type Entry = Reverse<(String, Reverse<SegmentId>, usize, Loc, bool)>;
-    let mut heap: BinaryHeap<Entry> = BinaryHeap::with_capacity(lists.len());
-    let push = |heap: &mut BinaryHeap<Entry>,
-                lists: &mut [(SegmentId, std::vec::IntoIter<_>)],
-                i: usize| {
-        let (id, it) = &mut lists[i];
-        if let Some((key, loc, kind)) = it.next() {
-            heap.push(Reverse((key, Reverse(*id), i, loc, kind == Kind::Put)));
-        }
-    };
-    for i in 0..lists.len() {
-        push(&mut heap, &mut lists, i);
-    }
-    while let Some(Reverse((key, _, i, loc, is_put))) = heap.pop() {
-        push(&mut heap, &mut lists, i);
-        // Older records of the same key lose.
-        while heap.peek().is_some_and(|Reverse(e)| e.0 == key) {
-            if let Some(Reverse((_, _, j, _, _))) = heap.pop() {
-                push(&mut heap, &mut lists, j);
+    let mut lists: Vec<Vec<(String, Loc, Kind)>> = scanned.into_iter().map(|s| s.records).collect();
+    let mut pos = vec![0usize; lists.len()];
+    loop {
+        // Lists are in segment id order, so among equal keys the last wins.
+        let mut best: Option<usize> = None;
+        for i in 0..lists.len() {
+            let Some(head) = lists[i].get(pos[i]) else {
+                continue;
+            };
+            if best.is_none_or(|b| head.0 <= lists[b][pos[b]].0) {
+                best = Some(i);
             }
         }
-        if is_put {
+        let Some(b) = best else { return };
+        let head = &mut lists[b][pos[b]];
+        let (key, loc, kind) = (std::mem::take(&mut head.0), head.1, head.2);
+        pos[b] += 1;
+        for i in 0..lists.len() {
+            if i != b && lists[i].get(pos[i]).is_some_and(|h| h.0 == key) {
+                pos[i] += 1;
+            }
+        }
+        if kind == Kind::Put {
             emit(key, loc);
         }
     }
