@@ -104,9 +104,15 @@ async fn drive(
                         c.queue(&request).unwrap();
                         sent += 1;
                     }
-                    match c.recv().await.unwrap() {
-                        Response::Error { message, .. } => panic!("{message}"),
-                        _ => received += 1,
+                    // Take every response that has arrived, then refill
+                    // the window in one write.
+                    let mut next = Some(c.recv().await.unwrap());
+                    while let Some(response) = next {
+                        if let Response::Error { message, .. } = response {
+                            panic!("{message}");
+                        }
+                        received += 1;
+                        next = c.try_recv().unwrap();
                     }
                 }
                 c

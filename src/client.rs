@@ -185,6 +185,23 @@ impl KvsClient {
         }
     }
 
+    /// The next response if it has already arrived, without waiting or any
+    /// I/O: `Ok(None)` when none is buffered. Lets a pipelining caller
+    /// collect every response that came in one read before refilling its
+    /// window, so its next write carries several requests.
+    pub fn try_recv(&mut self) -> Result<Option<Response>> {
+        if self.pending == 0 {
+            return Ok(None);
+        }
+        match self.codec.decode(&mut self.rbuf)? {
+            Some(frame) => {
+                self.pending -= 1;
+                decode_message(&frame).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
     /// One request, one response; an error response becomes `Err`.
     async fn call<S: serde::Serialize>(&mut self, request: &Request<S>) -> Result<Response> {
         self.queue(request)?;

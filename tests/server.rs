@@ -666,3 +666,26 @@ async fn shutdown_is_prompt_with_open_connections() {
         assert!(c.ping().await.is_err());
     }
 }
+
+/// `try_recv` hands out what has arrived without waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_recv_takes_only_buffered_responses() {
+    let server = TestServer::start(MemoryEngine::new(), config()).await;
+    let mut c = server.client().await;
+    assert!(c.try_recv().unwrap().is_none());
+    for _ in 0..10 {
+        c.queue(&Request::<&str>::Ping).unwrap();
+    }
+    let mut got = 0;
+    while got < 10 {
+        assert_eq!(c.recv().await.unwrap(), Response::Pong);
+        got += 1;
+        while let Some(r) = c.try_recv().unwrap() {
+            assert_eq!(r, Response::Pong);
+            got += 1;
+        }
+    }
+    assert_eq!(c.pending(), 0);
+    assert!(c.try_recv().unwrap().is_none());
+    server.stop().await;
+}
