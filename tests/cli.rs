@@ -25,9 +25,14 @@ impl Server {
     /// Starts the server on 127.0.0.1:0 in `dir` and waits for the log line
     /// that gives the bound address.
     fn start(dir: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(dir, extra, &[])
+    }
+
+    fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(SERVER)
             .args(["--addr", "127.0.0.1:0", "--log-level", "info"])
             .args(extra)
+            .envs(env.iter().copied())
             .current_dir(dir)
             .env_remove("KVS_ADDR")
             .stdin(Stdio::null())
@@ -364,6 +369,54 @@ fn sigkill_during_writes_keeps_acknowledged_writes() {
         let o = server.client(&["get", k]);
         assert_eq!(stdout(&o), format!("{v}\n"), "lost {k}");
     }
+    server.signal("-TERM");
+    assert_eq!(server.wait(), Some(0));
+}
+
+/// Every server flag also reads an environment variable (containers).
+#[test]
+fn server_flags_read_environment_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start_with_env(
+        dir.path(),
+        &[],
+        &[
+            ("KVS_ENGINE", "memory"),
+            ("KVS_DIR", data.to_str().unwrap()),
+            ("KVS_SYNC", "never"),
+            ("KVS_THREADS", "3"),
+            ("KVS_MAX_CONNECTIONS", "1"),
+        ],
+    );
+    let log = server.log.lock().unwrap().clone();
+    for needle in ["engine=memory", "sync=never", "threads=3", "data"] {
+        assert!(log.contains(needle), "{needle} missing from {log}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(data.join("engine")).unwrap(),
+        "memory\n"
+    );
+    // KVS_MAX_CONNECTIONS=1: one client at a time, the next is refused.
+    let o = server.client(&["ping"]);
+    assert!(o.status.success());
+    let held = std::net::TcpStream::connect(server.addr).unwrap();
+    let mut refused = false;
+    for _ in 0..100 {
+        let o = server.client(&["ping"]);
+        if !o.status.success() {
+            assert!(
+                stderr(&o).contains("too many connections"),
+                "{}",
+                stderr(&o)
+            );
+            refused = true;
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(refused);
+    drop(held);
     server.signal("-TERM");
     assert_eq!(server.wait(), Some(0));
 }

@@ -210,6 +210,48 @@ mod tests {
         };
         encode_frame(&err, 64, &mut buf).unwrap();
         assert_eq!(&buf[..], &[0, 0, 0, 6, 1, 4, 0, 2, b'n', b'o']);
+
+        let frame = |message: &dyn erased::Encode| {
+            let mut buf = BytesMut::new();
+            message.encode(&mut buf);
+            buf.to_vec()
+        };
+        let no_ttl = Request::<&str>::Set {
+            key: "k",
+            value: "vv",
+            ttl_ms: None,
+        };
+        assert_eq!(
+            frame(&no_ttl),
+            [0, 0, 0, 8, 1, 2, 1, b'k', 2, b'v', b'v', 0]
+        );
+        let remove = Request::<&str>::Remove { key: "k" };
+        assert_eq!(frame(&remove), [0, 0, 0, 4, 1, 3, 1, b'k']);
+        let many = Request::<&str>::GetMany {
+            keys: vec!["a", "b"],
+        };
+        assert_eq!(frame(&many), [0, 0, 0, 7, 1, 4, 2, 1, b'a', 1, b'b']);
+        assert_eq!(frame(&Response::Pong), [0, 0, 0, 2, 1, 0]);
+        assert_eq!(frame(&Response::Ok), [0, 0, 0, 2, 1, 1]);
+        assert_eq!(frame(&Response::Value(None)), [0, 0, 0, 3, 1, 2, 0]);
+        let values = Response::Values(vec![Some("a".into()), None]);
+        assert_eq!(frame(&values), [0, 0, 0, 7, 1, 3, 2, 1, 1, b'a', 0]);
+    }
+
+    /// Lets `documented_bytes` encode requests and responses through one
+    /// closure.
+    mod erased {
+        use super::*;
+
+        pub(super) trait Encode {
+            fn encode(&self, buf: &mut BytesMut);
+        }
+
+        impl<T: Serialize> Encode for T {
+            fn encode(&self, buf: &mut BytesMut) {
+                encode_frame(self, 64, buf).unwrap();
+            }
+        }
     }
 
     #[test]
