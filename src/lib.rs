@@ -18,9 +18,9 @@ pub mod server;
 pub mod thread_pool;
 
 pub use client::KvsClient;
+pub use engine::KvsEngine;
 pub use engine::kvs::{KvStore, Options, SyncMode};
 pub use engine::memory::MemoryEngine;
-pub use engine::KvsEngine;
 pub use error::{KvsError, Result};
 
 /// The address `kvs-server` listens on and `kvs-client` talks to by default.
