@@ -306,6 +306,21 @@ fn startup_failures_are_one_line_errors() {
     check(o, "locked");
     first.signal("-TERM");
     assert_eq!(first.wait(), Some(0));
+
+    // No I/O threads.
+    let o = run(
+        SERVER,
+        &[
+            "--io-threads",
+            "0",
+            "--addr",
+            "127.0.0.1:0",
+            "--log-level",
+            "off",
+        ],
+        dir.path(),
+    );
+    check(o, "--io-threads");
 }
 
 #[test]

@@ -337,7 +337,6 @@ impl KvStore {
             live_bytes: rec.live_bytes,
             buf: Vec::new(),
         };
-        segment::warm(&writer.file, writer.map.len() as u64);
         let (compact_tx, compact_rx) = mpsc::channel();
         let core = Arc::new(Core {
             dir,

@@ -4,7 +4,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use super::record::{self, Header, Kind, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 use crate::{KvsError, Result};
@@ -68,47 +67,6 @@ pub fn create(dir: &Path, id: SegmentId, size: u64) -> Result<File> {
     file.sync_all()?;
     sync_dir(dir)?;
     Ok(file)
-}
-
-/// Faults in the pages of a new active segment, writable, on a background
-/// thread (`MADV_POPULATE_WRITE` on a map of its own), so the writer's first
-/// store to each page does not pay for the kernel filling it.
-pub fn warm(file: &Arc<File>, len: u64) {
-    let file = Arc::clone(file);
-    let spawned = std::thread::Builder::new()
-        .name("kvs-warm".into())
-        .spawn(move || {
-            // SAFETY: this map is never read or written from user space; the
-            // madvise only makes the kernel fault the pages in, leaving their
-            // contents as they are.
-            let Ok(map) = (unsafe {
-                memmap2::MmapOptions::new()
-                    .len(len as usize)
-                    .map_mut(&*file)
-            }) else {
-                return;
-            };
-            const CHUNK: usize = 1 << 20;
-            let mut at = 0;
-            while at < map.len() {
-                let n = CHUNK.min(map.len() - at);
-                // SAFETY: the range lies inside `map`, which outlives the call.
-                let r = unsafe {
-                    libc::madvise(
-                        map.as_ptr().add(at) as *mut libc::c_void,
-                        n,
-                        libc::MADV_POPULATE_WRITE,
-                    )
-                };
-                if r != 0 {
-                    return; // older kernel, or the file was cut: only a hint
-                }
-                at += n;
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::debug!(error = %e, "could not start the page warming thread");
-    }
 }
 
 /// Grows `file` to at least `size` bytes with the blocks allocated.

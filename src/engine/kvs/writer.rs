@@ -74,7 +74,6 @@ impl Writer {
         let file = segment::create(dir, new_id, size)?;
         self.map = map_active(&file)?;
         self.file = Arc::new(file);
-        segment::warm(&self.file, size);
         self.active = new_id;
         self.pos = SEGMENT_HEADER_LEN;
         self.disk_bytes += SEGMENT_HEADER_LEN;
