@@ -232,3 +232,82 @@ fn crash_between_compaction_steps_loses_nothing() {
         check(&KvStore::open_with(dir.path(), opts()).unwrap());
     }
 }
+
+#[test]
+fn damaged_header_of_the_newest_segment_is_an_error_not_a_reset() {
+    let dir = TempDir::new().unwrap();
+    fill(dir.path(), 30);
+    let p = newest(dir.path());
+    let mut bytes = fs::read(&p).unwrap();
+    bytes[0] = b'X';
+    fs::write(&p, &bytes).unwrap();
+    let err = KvStore::open_with(dir.path(), opts())
+        .err()
+        .expect("must not open");
+    assert!(
+        matches!(&err, KvsError::Corrupt { offset: 0, path, .. } if path == &p),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read(&p).unwrap(),
+        bytes,
+        "records behind the header kept"
+    );
+}
+
+#[test]
+fn newest_segment_that_is_all_zeros_is_reset() {
+    // A crash inside segment creation: space reserved, header not written.
+    let dir = TempDir::new().unwrap();
+    fill(dir.path(), 100);
+    let p = newest(dir.path());
+    let next = p.with_file_name(format!(
+        "{:020}.log",
+        p.file_stem()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            + 1
+    ));
+    fs::write(&next, vec![0u8; 4096]).unwrap();
+    let s = KvStore::open_with(dir.path(), opts()).unwrap();
+    assert_eq!(get(&s, "k99").as_deref(), Some("value-99"));
+    s.set("new".into(), "v".into()).unwrap();
+    drop(s);
+    let s = KvStore::open_with(dir.path(), opts()).unwrap();
+    assert_eq!(get(&s, "new").as_deref(), Some("v"));
+}
+
+#[test]
+fn damaged_record_header_inside_the_newest_segment_is_an_error() {
+    let dir = TempDir::new().unwrap();
+    fill(dir.path(), 30);
+    let p = newest(dir.path());
+    let mut bytes = fs::read(&p).unwrap();
+    bytes[8 + 4] = 9; // the first record's kind byte; valid records follow
+    fs::write(&p, &bytes).unwrap();
+    let err = KvStore::open_with(dir.path(), opts())
+        .err()
+        .expect("must not open");
+    assert!(matches!(&err, KvsError::Corrupt { offset: 8, .. }), "{err}");
+    assert_eq!(fs::read(&p).unwrap(), bytes, "nothing was cut");
+}
+
+#[test]
+fn files_that_only_look_like_segments_are_left_alone() {
+    let dir = TempDir::new().unwrap();
+    fill(dir.path(), 10);
+    fs::write(dir.path().join("7.log"), b"not a segment").unwrap();
+    fs::write(dir.path().join("notes.log"), b"mine").unwrap();
+    let s = KvStore::open_with(dir.path(), opts()).unwrap();
+    assert_eq!(get(&s, "k9").as_deref(), Some("value-9"));
+    s.compact().unwrap();
+    drop(s);
+    assert_eq!(
+        fs::read(dir.path().join("7.log")).unwrap(),
+        b"not a segment"
+    );
+    assert_eq!(fs::read(dir.path().join("notes.log")).unwrap(), b"mine");
+}

@@ -30,8 +30,8 @@ pub fn run(core: &Core) -> Result<()> {
     // Step 1: seal the active segment; `out` sorts after every input.
     let (out, lsn) = {
         let mut w = core.lock_writer();
-        let out = w.active + 1;
-        w.rotate(&core.dir, out + 1, 0)?;
+        let out = segment::next_id(w.active)?;
+        w.rotate(&core.dir, segment::next_id(out)?, 0, &core.commit)?;
         (out, w.lsn)
     };
     core.commit.mark_durable(lsn);
@@ -54,6 +54,9 @@ pub fn run(core: &Core) -> Result<()> {
     // Step 3: make the output durable under its real name.
     let final_path = segment::path(&core.dir, out);
     fs::rename(&tmp, &final_path)?;
+    // Counted as soon as it exists, so a compaction that fails after this
+    // point leaves the books matching the files.
+    core.lock_writer().disk_bytes += copied.out_len;
     segment::sync_dir(&core.dir)?;
     fail_if(core, FailPoint::BeforePublish)?;
 
@@ -76,7 +79,7 @@ pub fn run(core: &Core) -> Result<()> {
                         .is_some_and(|e| e.value().load() == *old)
                     {
                         core.index.remove(key.as_str());
-                        w.live_bytes -= old.len as u64;
+                        w.live_bytes = w.live_bytes.saturating_sub(old.len as u64);
                     }
                 }
             }
@@ -91,12 +94,16 @@ pub fn run(core: &Core) -> Result<()> {
             fail_if(core, FailPoint::AfterFirstDelete)?;
         }
         let p = segment::path(&core.dir, id);
-        freed += fs::metadata(&p)?.len();
+        let size = fs::metadata(&p)?.len();
         fs::remove_file(&p)?;
+        // NOTE: one directory sync per unlink: recovery relies on the
+        // inputs left after a crash being the newest ones, which needs the
+        // unlinks to reach the disk in order on any file system.
+        segment::sync_dir(&core.dir)?;
+        freed += size;
+        let mut w = core.lock_writer();
+        w.disk_bytes = w.disk_bytes.saturating_sub(size);
     }
-    segment::sync_dir(&core.dir)?;
-    let mut w = core.lock_writer();
-    w.disk_bytes = w.disk_bytes + copied.out_len - freed;
     tracing::info!(
         segment = out,
         inputs = inputs.len(),

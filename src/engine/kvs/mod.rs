@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -136,6 +136,10 @@ pub(crate) struct Core {
     stopping: AtomicBool,
     /// A compaction request is queued or running.
     compaction_pending: AtomicBool,
+    /// When (Unix ms) an automatic compaction last failed: the next waits
+    /// [`COMPACTION_RETRY_MS`], so a persistent failure (a corrupt input,
+    /// a full disk) does not start one per write, each sealing a segment.
+    compaction_failed_at: AtomicU64,
     /// Requests to the compaction thread; `None` once closing.
     compact_tx: Mutex<Option<Sender<CompactRequest>>>,
     /// Holds the directory lock for as long as the store is open.
@@ -143,6 +147,9 @@ pub(crate) struct Core {
 }
 
 type CompactRequest = Option<Sender<Result<()>>>;
+
+/// Pause after a failed automatic compaction.
+const COMPACTION_RETRY_MS: u64 = 30_000;
 
 impl Core {
     fn lock_writer(&self) -> MutexGuard<'_, Writer> {
@@ -175,6 +182,10 @@ impl Core {
 
     fn maybe_compact(&self, w: &Writer) {
         if !self.opts.auto_compact {
+            return;
+        }
+        let failed_at = self.compaction_failed_at.load(Ordering::Relaxed);
+        if failed_at != 0 && now_ms().saturating_sub(failed_at) < COMPACTION_RETRY_MS {
             return;
         }
         let stale = w.disk_bytes.saturating_sub(w.live_bytes);
@@ -214,13 +225,14 @@ impl Core {
             record::encode(&mut buf, kind, key.as_bytes(), value.as_bytes(), expires_at) as u64;
         w.buf = buf;
         let seg_before = w.active;
-        let offset = w.append_buf(&self.dir)?;
+        self.commit.check()?;
+        let offset = w.append_buf(&self.dir, &self.commit)?;
         if w.active != seg_before {
             // The rotation synced everything before this record.
             self.commit.mark_durable(w.lsn - len);
         }
         if let Some(old) = old {
-            w.live_bytes -= old.len as u64;
+            w.live_bytes = w.live_bytes.saturating_sub(old.len as u64);
         }
         match kind {
             Kind::Put => {
@@ -347,6 +359,7 @@ impl KvStore {
             retired_below: AtomicU32::new(0),
             stopping: AtomicBool::new(false),
             compaction_pending: AtomicBool::new(false),
+            compaction_failed_at: AtomicU64::new(0),
             compact_tx: Mutex::new(Some(compact_tx)),
             _lock: lock,
         });
@@ -387,7 +400,7 @@ impl KvStore {
     /// Sets `key` to `value`, expiring after `ttl` (rounded up to a
     /// millisecond). An expired key reads as missing and compaction drops it.
     pub fn set_with_ttl(&self, key: String, value: String, ttl: Duration) -> Result<()> {
-        let ms = ttl.as_millis().max(1) as u64;
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         self.core()
             .write(Kind::Put, key, &value, now_ms().saturating_add(ms))
     }
@@ -438,8 +451,13 @@ fn compactor(core: Arc<Core>, rx: Receiver<CompactRequest>) {
     while let Ok(reply) = rx.recv() {
         let r = compaction::run(&core);
         core.compaction_pending.store(false, Ordering::Release);
-        if let Err(e) = &r {
-            tracing::error!(error = %e, dir = %core.dir.display(), "compaction failed");
+        match &r {
+            Ok(()) => core.compaction_failed_at.store(0, Ordering::Relaxed),
+            Err(KvsError::Closed(_)) => {}
+            Err(e) => {
+                core.compaction_failed_at.store(now_ms(), Ordering::Relaxed);
+                tracing::error!(error = %e, dir = %core.dir.display(), "compaction failed");
+            }
         }
         if let Some(reply) = reply {
             let _ = reply.send(r);

@@ -85,9 +85,12 @@ impl Reader {
                 offset: loc.offset,
                 reason: reason.to_string(),
             };
-            let Some(rec) = map.get(start..end) else {
+            if end > map.len() {
                 return Err(corrupt("index points past the end of the segment"));
-            };
+            }
+            // SAFETY: in bounds (checked above). Only this record's bytes are
+            // borrowed: the writer may be storing past them in the same file.
+            let rec = unsafe { std::slice::from_raw_parts(map.as_ptr().add(start), end - start) };
             let h = segment::check_record(rec, Some(key)).map_err(corrupt)?;
             let value = &rec[RECORD_HEADER_LEN + h.key_len..];
             return String::from_utf8(value.to_vec())

@@ -64,14 +64,13 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
                 offset,
                 reason,
                 len,
-                followed_by_valid: false,
-            } if s.id == newest => {
-                if *offset >= SEGMENT_HEADER_LEN && segment::zero_from(&p, *offset, *len)? {
-                    // The reserved, never written end of the active segment.
-                    *offset
-                } else {
-                    cut_tail(&p, *offset, reason, *len)?
-                }
+            } if s.id == newest => newest_tail(&p, *offset, reason, *len)?,
+            // An unsealed reserved end (zeros only) holds no records, in any
+            // segment; anything else in an older segment is damage.
+            ScanEnd::Bad { offset, len, .. }
+                if *offset >= SEGMENT_HEADER_LEN && segment::zero_from(&p, *offset, *len)? =>
+            {
+                *offset
             }
             ScanEnd::Bad { offset, reason, .. } => {
                 return Err(KvsError::Corrupt {
@@ -219,6 +218,35 @@ fn merge(scanned: Vec<Scanned>, mut emit: impl FnMut(String, Loc)) {
             emit(key, loc);
         }
     }
+}
+
+/// Decides what the bad bytes at `offset` of the newest segment are, and
+/// returns the segment's used length.
+fn newest_tail(p: &Path, offset: u64, reason: &str, len: u64) -> Result<u64> {
+    let corrupt = |reason: String| KvsError::Corrupt {
+        path: p.to_path_buf(),
+        offset,
+        reason,
+    };
+    if offset < SEGMENT_HEADER_LEN {
+        // A crash inside segment creation leaves a file shorter than its
+        // header, or reserved but still all zeros; anything else is a
+        // damaged header in front of records that may matter.
+        if len < SEGMENT_HEADER_LEN || segment::zero_from(p, 0, len)? {
+            return cut_tail(p, 0, reason, len);
+        }
+        return Err(corrupt(reason.to_string()));
+    }
+    if segment::zero_from(p, offset, len)? {
+        // The reserved, never written end of the active segment.
+        return Ok(offset);
+    }
+    if segment::valid_record_after(p, offset, len)? {
+        return Err(corrupt(format!(
+            "{reason}; valid records follow, so this is damage inside the file, not a torn tail"
+        )));
+    }
+    cut_tail(p, offset, reason, len)
 }
 
 /// Truncates a torn tail of the newest segment at `offset`; returns the new

@@ -1,7 +1,7 @@
 //! Segment files: naming, listing, creation, and reading records back.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Seek};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -21,6 +21,22 @@ pub fn tmp_path(dir: &Path, id: SegmentId) -> PathBuf {
     dir.join(format!("{id:020}.log.tmp"))
 }
 
+/// The id in a segment file name: exactly the 20 digits [`path`] writes, so
+/// that a stray `7.log` is not mistaken for segment 7 under another name.
+fn parse_id(stem: &str) -> Option<SegmentId> {
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// The id after `id`; an error rather than a wrap to 0, which would sort
+/// before every other segment.
+pub fn next_id(id: SegmentId) -> Result<SegmentId> {
+    id.checked_add(1)
+        .ok_or_else(|| KvsError::InvalidInput("segment ids exhausted".to_string()))
+}
+
 /// Lists the segment ids in `dir`, sorted, and deletes leftover temp files.
 pub fn list_and_clean(dir: &Path) -> Result<Vec<SegmentId>> {
     let mut ids = Vec::new();
@@ -30,13 +46,13 @@ pub fn list_and_clean(dir: &Path) -> Result<Vec<SegmentId>> {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if let Some(stem) = name.strip_suffix(".log.tmp") {
-            if stem.parse::<SegmentId>().is_ok() {
+            if parse_id(stem).is_some() {
                 tracing::warn!(file = %entry.path().display(), "deleting unfinished compaction output");
                 fs::remove_file(entry.path())?;
                 removed = true;
             }
         } else if let Some(stem) = name.strip_suffix(".log")
-            && let Ok(id) = stem.parse::<SegmentId>()
+            && let Some(id) = parse_id(stem)
         {
             ids.push(id);
         }
@@ -62,10 +78,20 @@ pub fn create(dir: &Path, id: SegmentId, size: u64) -> Result<File> {
         .write(true)
         .create_new(true)
         .open(&p)?;
-    reserve(&file, size)?;
-    file.write_all_at(&record::segment_header(), 0)?;
-    file.sync_all()?;
-    sync_dir(dir)?;
+    let init = || -> io::Result<()> {
+        reserve(&file, size)?;
+        file.write_all_at(&record::segment_header(), 0)?;
+        file.sync_all()?;
+        sync_dir(dir)
+    };
+    if let Err(e) = init() {
+        // A half-made segment left behind would make every later attempt
+        // fail with "already exists" (and recovery read it as the newest).
+        drop(file);
+        let _ = fs::remove_file(&p);
+        let _ = sync_dir(dir);
+        return Err(e.into());
+    }
     Ok(file)
 }
 
@@ -115,9 +141,6 @@ pub enum ScanEnd {
         reason: String,
         /// File length.
         len: u64,
-        /// A valid record follows the bad one: the damage is inside the
-        /// file, not a torn tail.
-        followed_by_valid: bool,
     },
 }
 
@@ -133,7 +156,6 @@ pub fn scan(p: &Path, mut f: impl FnMut(Scanned<'_>)) -> Result<ScanEnd> {
             offset,
             reason,
             len,
-            followed_by_valid: false,
         })
     };
 
@@ -175,14 +197,7 @@ pub fn scan(p: &Path, mut f: impl FnMut(Scanned<'_>)) -> Result<ScanEnd> {
         buf.resize(rec_len as usize, 0);
         rd.read_exact(&mut buf[RECORD_HEADER_LEN..])?;
         if !record::crc_ok(&buf, header.crc) {
-            let next = offset + rec_len;
-            let followed_by_valid = valid_record_at(rd.get_ref(), next, len);
-            return Ok(ScanEnd::Bad {
-                offset,
-                reason: "checksum mismatch".into(),
-                len,
-                followed_by_valid,
-            });
+            return bad(offset, "checksum mismatch".into());
         }
         let key_bytes = &buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + header.key_len];
         let Ok(key) = std::str::from_utf8(key_bytes) else {
@@ -215,23 +230,34 @@ pub fn zero_from(p: &Path, offset: u64, len: u64) -> io::Result<bool> {
     Ok(true)
 }
 
-/// Whether a whole, valid record starts at `offset` of a file of `len` bytes.
-fn valid_record_at(file: &File, offset: u64, len: u64) -> bool {
-    let mut h = [0u8; RECORD_HEADER_LEN];
-    if len.saturating_sub(offset) < RECORD_HEADER_LEN as u64
-        || file.read_exact_at(&mut h, offset).is_err()
-    {
-        return false;
+/// Whether a whole, valid record starts anywhere in `p` after `offset`
+/// (file length `len`): then the bad bytes at `offset` are damage inside the
+/// file, not a torn tail. Tries every byte position; only runs on a damaged
+/// segment.
+pub fn valid_record_after(p: &Path, offset: u64, len: u64) -> io::Result<bool> {
+    let file = File::open(p)?;
+    let mut rd = BufReader::with_capacity(1 << 20, file);
+    rd.seek(io::SeekFrom::Start(offset + 1))?;
+    let mut window = Vec::new();
+    rd.read_to_end(&mut window)?;
+    let base = offset + 1;
+    let mut at = 0usize;
+    while at + RECORD_HEADER_LEN <= window.len() {
+        let hb: &[u8; RECORD_HEADER_LEN] = window[at..at + RECORD_HEADER_LEN]
+            .try_into()
+            .expect("slice is exactly a header long");
+        if let Ok(h) = Header::decode(hb) {
+            let end = at + h.record_len();
+            if (base + end as u64) <= len
+                && end <= window.len()
+                && record::crc_ok(&window[at..end], h.crc)
+            {
+                return Ok(true);
+            }
+        }
+        at += 1;
     }
-    let Ok(header) = Header::decode(&h) else {
-        return false;
-    };
-    let rec_len = header.record_len();
-    if len - offset < rec_len as u64 {
-        return false;
-    }
-    let mut buf = vec![0u8; rec_len];
-    file.read_exact_at(&mut buf, offset).is_ok() && record::crc_ok(&buf, header.crc)
+    Ok(false)
 }
 
 /// Checks a whole put record in `rec` (its bytes exactly) and returns its

@@ -47,14 +47,26 @@ pub struct Writer {
 impl Writer {
     /// Appends the encoded record in `self.buf`, rotating to a new segment
     /// when it does not fit; returns its offset.
-    pub fn append_buf(&mut self, dir: &Path) -> Result<u64> {
+    pub fn append_buf(&mut self, dir: &Path, commit: &GroupCommit) -> Result<u64> {
         let len = self.buf.len() as u64;
         if self.pos + len > self.map.len() as u64 {
-            let next = self.active + 1;
-            self.rotate(dir, next, len)?;
+            let next = segment::next_id(self.active)?;
+            self.rotate(dir, next, len, commit)?;
         }
         let offset = self.pos;
-        self.map[offset as usize..(offset + len) as usize].copy_from_slice(&self.buf);
+        // Through a raw pointer, not `&mut self.map[..]`: readers read
+        // earlier bytes of the same file through their own maps, and no
+        // reference should claim the whole map exclusively.
+        // SAFETY: `offset + len <= self.map.len()` (checked above, and a
+        // rotation makes a segment big enough for the record); `buf` is a
+        // separate allocation.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.buf.as_ptr(),
+                self.map.as_mut_ptr().add(offset as usize),
+                len as usize,
+            );
+        }
         self.pos += len;
         self.lsn += len;
         self.disk_bytes += len;
@@ -63,14 +75,23 @@ impl Writer {
 
     /// Seals the active segment (cut to its used length and synced) and
     /// starts segment `new_id`, big enough for a record of `need` bytes.
-    pub fn rotate(&mut self, dir: &Path, new_id: SegmentId, need: u64) -> Result<()> {
+    pub fn rotate(
+        &mut self,
+        dir: &Path,
+        new_id: SegmentId,
+        need: u64,
+        commit: &GroupCommit,
+    ) -> Result<()> {
         let size = self.segment_size.max(SEGMENT_HEADER_LEN + need);
         // NOTE: the old segment is cut to its records and synced before the
         // new one exists, so after a power loss only the newest segment can
         // have a torn tail, which is the only place recovery may cut.
         self.map = MmapMut::map_anon(1)?;
         self.file.set_len(self.pos)?;
-        self.file.sync_data()?;
+        if let Err(e) = self.file.sync_data() {
+            commit.poison(&e);
+            return Err(e.into());
+        }
         let file = segment::create(dir, new_id, size)?;
         self.map = map_active(&file)?;
         self.file = Arc::new(file);
@@ -79,6 +100,13 @@ impl Writer {
         self.disk_bytes += SEGMENT_HEADER_LEN;
         Ok(())
     }
+}
+
+fn failed_error(why: &str) -> crate::KvsError {
+    crate::KvsError::Io(std::io::Error::other(format!(
+        "an fsync failed ({why}); writes since the last good one may not be on disk, \
+         so the store refuses further writes until it is reopened"
+    )))
 }
 
 /// Group commit: writers wait until an fsync covers their record, and one
@@ -93,6 +121,10 @@ pub struct GroupCommit {
 struct SyncState {
     synced_lsn: u64,
     syncing: bool,
+    /// Set by the first failed fsync, for good: after a failed fsync the
+    /// kernel may have dropped the dirty pages, so a later fsync that
+    /// succeeds proves nothing about the records before it.
+    failed: Option<String>,
 }
 
 impl GroupCommit {
@@ -108,6 +140,9 @@ impl GroupCommit {
     pub fn wait_durable(&self, lsn: u64, current: impl Fn() -> (Arc<File>, u64)) -> Result<()> {
         let mut s = self.lock();
         loop {
+            if let Some(why) = &s.failed {
+                return Err(failed_error(why));
+            }
             if s.synced_lsn >= lsn {
                 return Ok(());
             }
@@ -118,14 +153,28 @@ impl GroupCommit {
                 let r = file.sync_data();
                 s = self.lock();
                 s.syncing = false;
-                if r.is_ok() {
-                    s.synced_lsn = s.synced_lsn.max(target);
+                match &r {
+                    Ok(()) => s.synced_lsn = s.synced_lsn.max(target),
+                    Err(e) => s.failed = Some(e.to_string()),
                 }
                 self.done.notify_all();
                 r?;
                 continue;
             }
             s = self.done.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Records a failed fsync outside `wait_durable` (sealing a segment).
+    pub fn poison(&self, e: &std::io::Error) {
+        self.lock().failed.get_or_insert_with(|| e.to_string());
+    }
+
+    /// The error every write gets once an fsync has failed.
+    pub fn check(&self) -> Result<()> {
+        match &self.lock().failed {
+            Some(why) => Err(failed_error(why)),
+            None => Ok(()),
         }
     }
 
