@@ -11,6 +11,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::index::{Index, Loc, Slot};
 use super::record::{self, Kind, SEGMENT_HEADER_LEN};
@@ -130,32 +131,33 @@ fn scan_parallel(dir: &Path, ids: &[SegmentId]) -> Result<Vec<Scanned>> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(ids.len());
-    let per_thread = ids.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = ids
-            .chunks(per_thread)
-            .map(|chunk| {
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|&id| scan_one(dir, id))
-                        .collect::<Vec<_>>()
+    // Each thread takes the next segment when it is done with one, so a big
+    // and a small segment do not land on the same thread.
+    let next = AtomicUsize::new(0);
+    let mut results = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&id) = ids.get(i) else { return done };
+                        done.push((i, scan_one(dir, id)));
+                    }
                 })
             })
             .collect();
-        let mut out = Vec::with_capacity(ids.len());
+        let mut all = Vec::with_capacity(ids.len());
         for h in handles {
             match h.join() {
-                Ok(results) => {
-                    for r in results {
-                        out.push(r?);
-                    }
-                }
+                Ok(done) => all.extend(done),
                 Err(panic) => std::panic::resume_unwind(panic),
             }
         }
-        Ok(out)
-    })
+        all
+    });
+    results.sort_unstable_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
 }
 
 fn scan_one(dir: &Path, id: SegmentId) -> Result<Scanned> {
