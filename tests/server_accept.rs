@@ -4,7 +4,12 @@
 
 mod server_support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
 
 use kvs::MemoryEngine;
 use kvs::server::ServerConfig;
@@ -22,6 +27,17 @@ fn cpu_time() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
+/// Counts the `accept failed` warnings: one per attempt.
+struct AcceptFailures(Arc<AtomicUsize>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AcceptFailures {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        if *event.metadata().level() == tracing::Level::WARN {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 fn set_fd_limit(soft: u64) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -37,6 +53,10 @@ fn set_fd_limit(soft: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_errors_back_off_and_the_server_recovers() {
+    let failures = Arc::new(AtomicUsize::new(0));
+    tracing_subscriber::registry()
+        .with(AcceptFailures(failures.clone()))
+        .init();
     let server = TestServer::start(MemoryEngine::new(), ServerConfig::default()).await;
     let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
     set_fd_limit(open + 16);
@@ -63,6 +83,10 @@ async fn accept_errors_back_off_and_the_server_recovers() {
         used < Duration::from_millis(300),
         "accept loop used {used:?} of CPU in 1 s"
     );
+    // 5 ms doubling to 1 s is about 9 attempts in the first 1.3 s; retrying
+    // at once (or every timer tick) would be hundreds.
+    let attempts = failures.load(Ordering::Relaxed);
+    assert!((1..=20).contains(&attempts), "{attempts} failed accepts");
 
     // Free the descriptors: the server accepts again (within its longest
     // back-off) and serves a new client.
