@@ -3,13 +3,17 @@
 //! that answers errors, one that hangs up).
 
 mod bench_support;
+mod server_support;
 
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use bench_support::{KvsServer, kvs_error_responder, responder};
+use bench_support::{kvs_error_responder, responder};
+use kvs::MemoryEngine;
 use kvs::bench::{self, BenchOptions, KeyDist, Protocol, Ratio, Stop};
+use kvs::server::ServerConfig;
+use server_support::TestServer;
 
 fn options(addr: SocketAddr) -> BenchOptions {
     BenchOptions {
@@ -25,7 +29,7 @@ fn options(addr: SocketAddr) -> BenchOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn known_request_count_is_exact() {
-    let server = KvsServer::start().await;
+    let server = TestServer::start(MemoryEngine::new(), ServerConfig::default()).await;
     for (connections, pipeline, requests, dist) in [
         (7, 4, 1000, KeyDist::Uniform),
         (3, 1, 10, KeyDist::Zipf(0.99)),
@@ -57,7 +61,7 @@ async fn known_request_count_is_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mix_warmup_and_misses() {
-    let server = KvsServer::start().await;
+    let server = TestServer::start(MemoryEngine::new(), ServerConfig::default()).await;
     // SET only, after a warm-up that is not counted.
     let opts = BenchOptions {
         ratio: Ratio { get: 0, set: 1 },
@@ -86,7 +90,7 @@ async fn mix_warmup_and_misses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duration_and_open_loop() {
-    let server = KvsServer::start().await;
+    let server = TestServer::start(MemoryEngine::new(), ServerConfig::default()).await;
     let opts = BenchOptions {
         stop: Stop::Duration(Duration::from_millis(300)),
         ..options(server.addr)
@@ -130,7 +134,7 @@ fn args(addr: SocketAddr, extra: &[&str]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_writes_json_with_every_field() {
-    let server = KvsServer::start().await;
+    let server = TestServer::start(MemoryEngine::new(), ServerConfig::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
     let argv = args(

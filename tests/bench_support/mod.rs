@@ -1,61 +1,16 @@
-//! Shared by the `bench_*` tests: servers for `kvs-bench` to load — the
-//! real kvs server in-process, and tiny responders that misbehave on
-//! purpose or speak RESP.
+//! Shared by the `bench_*` tests: tiny responders for `kvs-bench` to load
+//! that misbehave on purpose or speak RESP. The real kvs server in-process
+//! is `server_support::TestServer`.
 #![allow(dead_code)] // each test file uses a different subset
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
-use kvs::MemoryEngine;
 use kvs::protocol::{ErrorKind, FrameCodec, Response, encode_frame};
-use kvs::server::ServerConfig;
-use kvs::thread_pool::{SharedQueueThreadPool, ThreadPool};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 use tokio_util::codec::Decoder;
-use tokio_util::sync::CancellationToken;
-
-/// The kvs server (memory engine) in this process on 127.0.0.1:0.
-pub struct KvsServer {
-    pub addr: SocketAddr,
-    token: CancellationToken,
-    handle: JoinHandle<kvs::Result<()>>,
-}
-
-impl KvsServer {
-    pub async fn start() -> KvsServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let pool = Arc::new(<SharedQueueThreadPool as ThreadPool>::new(2).unwrap());
-        let token = CancellationToken::new();
-        let handle = tokio::spawn(kvs::server::run(
-            listener,
-            MemoryEngine::new(),
-            pool,
-            ServerConfig::default(),
-            token.clone(),
-        ));
-        KvsServer {
-            addr,
-            token,
-            handle,
-        }
-    }
-
-    /// Cancels the server and waits (bounded) for a clean shutdown.
-    pub async fn stop(self) {
-        self.token.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.handle)
-            .await
-            .expect("server did not stop within 10 s")
-            .unwrap()
-            .unwrap();
-    }
-}
 
 /// A responder on 127.0.0.1:0 that runs `serve` for every connection, until
 /// the test ends (its runtime drops the tasks).
