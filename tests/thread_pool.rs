@@ -71,6 +71,19 @@ impl Countdown {
     }
 }
 
+/// Spawns `jobs` counting jobs on `pool` and waits (bounded) until all ran.
+fn run_counted(pool: &impl ThreadPool, jobs: usize) -> Arc<Countdown> {
+    let (countdown, finished) = Countdown::new(jobs);
+    for _ in 0..jobs {
+        let countdown = Arc::clone(&countdown);
+        pool.spawn(move || countdown.job_done());
+    }
+    finished
+        .recv_timeout(WAIT)
+        .unwrap_or_else(|_| panic!("only {} of {jobs} jobs ran", countdown.count()));
+    countdown
+}
+
 /// A barrier whose waiters give up after a timeout, so a test whose jobs can
 /// never all meet fails instead of leaving workers blocked forever (which
 /// would also hang the pool's `drop`).
@@ -145,14 +158,7 @@ fn shared_queue_runs_thousands_of_jobs() {
     const JOBS: usize = 10_000;
     let pool = SharedQueueThreadPool::new(4).unwrap();
     assert_eq!(pool.threads(), 4);
-    let (countdown, finished) = Countdown::new(JOBS);
-    for _ in 0..JOBS {
-        let countdown = Arc::clone(&countdown);
-        pool.spawn(move || countdown.job_done());
-    }
-    finished
-        .recv_timeout(WAIT)
-        .unwrap_or_else(|_| panic!("only {} of {JOBS} jobs ran", countdown.count()));
+    let countdown = run_counted(&pool, JOBS);
     assert_eq!(countdown.count(), JOBS);
 }
 
@@ -272,14 +278,7 @@ fn dropping_the_last_handle_inside_a_job_does_not_deadlock() {
 fn naive_pool_runs_jobs() {
     const JOBS: usize = 200;
     let pool = NaiveThreadPool::new(8).unwrap();
-    let (countdown, finished) = Countdown::new(JOBS);
-    for _ in 0..JOBS {
-        let countdown = Arc::clone(&countdown);
-        pool.spawn(move || countdown.job_done());
-    }
-    finished
-        .recv_timeout(WAIT)
-        .unwrap_or_else(|_| panic!("only {} of {JOBS} jobs ran", countdown.count()));
+    run_counted(&pool, JOBS);
 }
 
 #[tokio::test]
