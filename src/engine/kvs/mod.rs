@@ -168,8 +168,10 @@ impl Core {
         })
     }
 
-    fn current_lsn(&self) -> u64 {
-        self.lock_writer().lsn
+    /// Waits until everything written so far is on stable storage.
+    fn sync_all(&self) -> Result<()> {
+        let lsn = self.lock_writer().lsn;
+        self.wait_durable(lsn)
     }
 
     fn request_compaction(&self, reply: CompactRequest) -> bool {
@@ -288,7 +290,7 @@ impl Drop for Guard {
             let _ = t.join();
         }
         if self.core.opts.sync != SyncMode::Never
-            && let Err(e) = self.core.wait_durable(self.core.current_lsn())
+            && let Err(e) = self.core.sync_all()
         {
             tracing::error!(error = %e, dir = %self.core.dir.display(), "final sync failed");
         }
@@ -408,8 +410,7 @@ impl KvStore {
     /// Forces everything written so far to stable storage, whatever the
     /// sync mode.
     pub fn flush(&self) -> Result<()> {
-        let core = self.core();
-        core.wait_durable(core.current_lsn())
+        self.core().sync_all()
     }
 
     /// Runs a compaction on the background thread now and waits for it.
@@ -469,7 +470,7 @@ fn syncer(core: Arc<Core>, stop: Receiver<()>) {
     loop {
         match stop.recv_timeout(Duration::from_secs(1)) {
             Err(RecvTimeoutError::Timeout) => {
-                if let Err(e) = core.wait_durable(core.current_lsn()) {
+                if let Err(e) = core.sync_all() {
                     tracing::error!(error = %e, dir = %core.dir.display(), "background fsync failed");
                 }
             }

@@ -1,7 +1,7 @@
 //! Segment files: naming, listing, creation, and reading records back.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek};
+use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -235,25 +235,19 @@ pub fn zero_from(p: &Path, offset: u64, len: u64) -> io::Result<bool> {
 /// file, not a torn tail. Tries every byte position; only runs on a damaged
 /// segment.
 pub fn valid_record_after(p: &Path, offset: u64, len: u64) -> io::Result<bool> {
-    let file = File::open(p)?;
-    let mut rd = BufReader::with_capacity(1 << 20, file);
-    rd.seek(io::SeekFrom::Start(offset + 1))?;
-    let mut window = Vec::new();
-    rd.read_to_end(&mut window)?;
-    let base = offset + 1;
+    let start = offset + 1;
+    let mut rest = vec![0u8; len.saturating_sub(start) as usize];
+    File::open(p)?.read_exact_at(&mut rest, start)?;
     let mut at = 0usize;
-    while at + RECORD_HEADER_LEN <= window.len() {
-        let hb: &[u8; RECORD_HEADER_LEN] = window[at..at + RECORD_HEADER_LEN]
+    while at + RECORD_HEADER_LEN <= rest.len() {
+        let hb: &[u8; RECORD_HEADER_LEN] = rest[at..at + RECORD_HEADER_LEN]
             .try_into()
             .expect("slice is exactly a header long");
-        if let Ok(h) = Header::decode(hb) {
-            let end = at + h.record_len();
-            if (base + end as u64) <= len
-                && end <= window.len()
-                && record::crc_ok(&window[at..end], h.crc)
-            {
-                return Ok(true);
-            }
+        if let Ok(h) = Header::decode(hb)
+            && let Some(rec) = rest.get(at..at + h.record_len())
+            && record::crc_ok(rec, h.crc)
+        {
+            return Ok(true);
         }
         at += 1;
     }
