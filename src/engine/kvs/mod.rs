@@ -294,6 +294,14 @@ impl Drop for Guard {
         {
             tracing::error!(error = %e, dir = %self.core.dir.display(), "final sync failed");
         }
+        // NOTE: the reserved, unwritten end of the active segment is cut
+        // off, so the next open need not read it to prove it is all zeros
+        // (up to `segment_max_bytes` of reading); the open reserves it again.
+        // Every clone is gone and the threads are joined: nothing else maps
+        // the file.
+        if let Err(e) = self.core.lock_writer().trim() {
+            tracing::warn!(error = %e, dir = %self.core.dir.display(), "cannot trim the active segment");
+        }
     }
 }
 

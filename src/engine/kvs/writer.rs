@@ -73,6 +73,14 @@ impl Writer {
         Ok(offset)
     }
 
+    /// Cuts the active segment to its records, unmapping it first (a store
+    /// past the new end would be a SIGBUS). Appending afterwards needs a
+    /// rotation; used when sealing and when the store closes.
+    pub fn trim(&mut self) -> std::io::Result<()> {
+        self.map = MmapMut::map_anon(1)?;
+        self.file.set_len(self.pos)
+    }
+
     /// Seals the active segment (cut to its used length and synced) and
     /// starts segment `new_id`, big enough for a record of `need` bytes.
     pub fn rotate(
@@ -86,8 +94,7 @@ impl Writer {
         // NOTE: the old segment is cut to its records and synced before the
         // new one exists, so after a power loss only the newest segment can
         // have a torn tail, which is the only place recovery may cut.
-        self.map = MmapMut::map_anon(1)?;
-        self.file.set_len(self.pos)?;
+        self.trim()?;
         if let Err(e) = self.file.sync_data() {
             commit.poison(&e);
             return Err(e.into());
