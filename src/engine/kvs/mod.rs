@@ -458,8 +458,17 @@ impl KvStore {
 
 fn compactor(core: Arc<Core>, rx: Receiver<CompactRequest>) {
     while let Ok(reply) = rx.recv() {
+        let lsn_before = core.lock_writer().lsn;
         let r = compaction::run(&core);
         core.compaction_pending.store(false, Ordering::Release);
+        // Writes made while it ran found a compaction pending and asked for
+        // none; if they pushed the stale bytes over the threshold again,
+        // queue the next one now rather than at some later write.
+        let w = core.lock_writer();
+        if w.lsn != lsn_before {
+            core.maybe_compact(&w);
+        }
+        drop(w);
         match &r {
             Ok(()) => core.compaction_failed_at.store(0, Ordering::Relaxed),
             Err(KvsError::Closed(_)) => {}
