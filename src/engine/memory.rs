@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crossbeam_skiplist::SkipMap;
 
+use crate::engine::{EngineStats, Entry, Update};
 use crate::{KvsEngine, KvsError, Result};
 
 /// A [`KvsEngine`] on a concurrent skip list, with nothing on disk.
@@ -35,6 +36,49 @@ impl KvsEngine for MemoryEngine {
             None => Err(KvsError::KeyNotFound),
         }
     }
+
+    fn set_expiring(&self, _key: String, _value: String, _expires_at: u64) -> Result<()> {
+        Err(not_yet("TTL"))
+    }
+
+    fn get_entry(&self, _key: &str) -> Result<Option<Entry>> {
+        Err(not_yet("get_entry"))
+    }
+
+    fn update<R>(&self, _key: String, _f: impl FnOnce(Option<Entry>) -> (Update, R)) -> Result<R> {
+        Err(not_yet("update"))
+    }
+
+    fn scan(&self, _after: Option<&str>, _limit: usize) -> Result<Vec<String>> {
+        Err(not_yet("scan"))
+    }
+
+    fn len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    fn clear(&self) -> Result<()> {
+        self.map.clear();
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn stats(&self) -> EngineStats {
+        EngineStats {
+            keys: self.len(),
+            ..EngineStats::default()
+        }
+    }
+}
+
+// TODO(memory helper): replaced by real implementations before issue 8 lands.
+fn not_yet(what: &str) -> KvsError {
+    KvsError::InvalidInput(format!(
+        "{what} is not implemented by the memory engine yet"
+    ))
 }
 
 #[cfg(test)]

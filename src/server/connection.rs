@@ -23,13 +23,13 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::ServerConfig;
 use super::pipeline::{Answer, Pipeline};
-use super::{ServerConfig, ServerEngine};
 use crate::protocol::{
     ErrorKind, FrameCodec, PROTOCOL_VERSION, Request, Response, decode_message, encode_frame,
 };
 use crate::thread_pool::SharedQueueThreadPool;
-use crate::{KvsError, Result};
+use crate::{KvsEngine, KvsError, Result};
 
 /// What every connection task shares. The engine is not in here: engines
 /// are `Send` but need not be `Sync`, so each connection owns its clones.
@@ -52,7 +52,7 @@ const REJECT_LINGER: Duration = Duration::from_secs(1);
 
 /// Serves one accepted connection until it closes; holds `_permit` (its
 /// slot under `max_connections`) until then.
-pub(crate) async fn serve<E: ServerEngine>(
+pub(crate) async fn serve<E: KvsEngine>(
     mut stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
@@ -97,7 +97,7 @@ pub(crate) async fn reject(mut stream: TcpStream, peer: SocketAddr, max_frame_le
 
 /// The connection loop. Returns why the connection ended; `Err` only for
 /// socket errors.
-async fn drive<E: ServerEngine>(
+async fn drive<E: KvsEngine>(
     stream: &mut TcpStream,
     shared: &Shared,
     template: E,
@@ -263,7 +263,7 @@ fn decode_request(frame: &[u8], cfg: &ServerConfig) -> std::result::Result<Reque
 }
 
 /// Records the answer as finished and queues its responses for sending.
-fn finish<E: ServerEngine>(
+fn finish<E: KvsEngine>(
     engine: Option<E>,
     answer: Answer,
     cfg: &ServerConfig,

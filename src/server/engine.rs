@@ -1,47 +1,13 @@
-//! What the server needs from an engine beyond [`KvsEngine`], which
-//! engines it can serve, and the record of the engine in the data dir.
+//! Which engines the server can serve, and the record of the engine in
+//! the data dir.
 
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
 use std::path::Path;
 use std::str::FromStr;
-use std::time::Duration;
 
-use crate::{KvStore, KvsEngine, KvsError, MemoryEngine, Result};
-
-/// An engine the server can put on the network.
-pub trait ServerEngine: KvsEngine {
-    /// Sets `key` to `value`, expiring after `ttl`. Engines without expiry
-    /// return [`KvsError::InvalidInput`].
-    fn set_with_ttl(&self, key: String, value: String, ttl: Duration) -> Result<()>;
-
-    /// Forces every acknowledged write to stable storage; called once the
-    /// last connection has closed.
-    fn flush(&self) -> Result<()>;
-}
-
-impl ServerEngine for KvStore {
-    fn set_with_ttl(&self, key: String, value: String, ttl: Duration) -> Result<()> {
-        KvStore::set_with_ttl(self, key, value, ttl)
-    }
-
-    fn flush(&self) -> Result<()> {
-        KvStore::flush(self)
-    }
-}
-
-impl ServerEngine for MemoryEngine {
-    fn set_with_ttl(&self, _: String, _: String, _: Duration) -> Result<()> {
-        Err(KvsError::InvalidInput(
-            "the memory engine does not support TTL".to_owned(),
-        ))
-    }
-
-    fn flush(&self) -> Result<()> {
-        Ok(())
-    }
-}
+use crate::{KvsError, Result};
 
 /// The engines `kvs-server --engine` accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

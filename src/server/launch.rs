@@ -9,9 +9,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::engine::with_context;
-use super::{EngineKind, ServerConfig, ServerEngine, check_and_record_engine, run};
+use super::{EngineKind, ServerConfig, check_and_record_engine, run};
 use crate::thread_pool::{SharedQueueThreadPool, ThreadPool};
-use crate::{KvStore, KvsError, MemoryEngine, Options, Result, SyncMode};
+use crate::{KvStore, KvsEngine, KvsError, MemoryEngine, Options, Result, SyncMode};
 
 /// Everything `kvs-server` is started with.
 #[derive(Debug, Clone)]
@@ -66,7 +66,7 @@ pub async fn serve(settings: Settings, token: CancellationToken) -> Result<()> {
     }
 }
 
-async fn start<E: ServerEngine>(
+async fn start<E: KvsEngine>(
     settings: Settings,
     engine: E,
     pool: Arc<SharedQueueThreadPool>,

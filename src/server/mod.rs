@@ -24,11 +24,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 pub use config::{MIN_FRAME_LEN, ServerConfig};
-pub use engine::{ENGINE_RECORD, EngineKind, ServerEngine, check_and_record_engine};
+pub use engine::{ENGINE_RECORD, EngineKind, check_and_record_engine};
 pub use launch::{Settings, serve};
 
-use crate::Result;
 use crate::thread_pool::SharedQueueThreadPool;
+use crate::{KvsEngine, Result};
 use connection::Shared;
 
 /// First and longest pause after a failed `accept` (EMFILE and the like):
@@ -41,7 +41,7 @@ const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration
 /// Every engine call runs on `pool`. The pool is dropped, which joins its
 /// workers, before this returns, unless the caller kept another `Arc` to
 /// it. `Err` only for an invalid `config` or a failed final flush.
-pub async fn run<E: ServerEngine>(
+pub async fn run<E: KvsEngine>(
     listener: TcpListener,
     engine: E,
     pool: Arc<SharedQueueThreadPool>,

@@ -18,7 +18,7 @@ use std::time::Duration;
 use futures::stream::FuturesOrdered;
 use tracing::warn;
 
-use super::ServerEngine;
+use crate::KvsEngine;
 use crate::protocol::{Request, Response};
 use crate::thread_pool::{Blocking, SharedQueueThreadPool};
 use crate::{KvsError, Result};
@@ -100,7 +100,7 @@ pub(crate) struct Pipeline<E> {
     held: Option<(Request, u64)>,
 }
 
-impl<E: ServerEngine> Pipeline<E> {
+impl<E: KvsEngine> Pipeline<E> {
     pub(crate) fn new(template: E, pool: Arc<SharedQueueThreadPool>) -> Pipeline<E> {
         Pipeline {
             in_flight: FuturesOrdered::new(),
@@ -243,7 +243,7 @@ fn for_each_key(request: &Request, mut f: impl FnMut(u64, bool)) {
 }
 
 /// Runs one request against the engine; on a pool thread.
-fn execute<E: ServerEngine>(engine: &E, request: Request) -> Response {
+fn execute<E: KvsEngine>(engine: &E, request: Request) -> Response {
     let result = match request {
         Request::Ping => Ok(Response::Pong),
         Request::Get { key } => engine.get(key).map(Response::Value),

@@ -8,8 +8,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
+use kvs::engine::{EngineStats, Entry, Update};
 use kvs::protocol::{FrameCodec, Response, decode_message};
-use kvs::server::{ServerConfig, ServerEngine};
+use kvs::server::ServerConfig;
 use kvs::thread_pool::{SharedQueueThreadPool, ThreadPool};
 use kvs::{KvsClient, KvsEngine, MemoryEngine};
 use tokio::io::AsyncReadExt;
@@ -26,7 +27,7 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    pub async fn start<E: ServerEngine>(engine: E, config: ServerConfig) -> TestServer {
+    pub async fn start<E: KvsEngine>(engine: E, config: ServerConfig) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let pool = Arc::new(<SharedQueueThreadPool as ThreadPool>::new(10).unwrap());
@@ -162,14 +163,40 @@ impl KvsEngine for GatedEngine {
     fn remove(&self, key: String) -> kvs::Result<()> {
         self.inner.remove(key)
     }
-}
 
-impl ServerEngine for GatedEngine {
-    fn set_with_ttl(&self, key: String, value: String, ttl: Duration) -> kvs::Result<()> {
-        self.inner.set_with_ttl(key, value, ttl)
+    fn set_expiring(&self, key: String, value: String, expires_at: u64) -> kvs::Result<()> {
+        self.inner.set_expiring(key, value, expires_at)
+    }
+
+    fn get_entry(&self, key: &str) -> kvs::Result<Option<Entry>> {
+        self.inner.get_entry(key)
+    }
+
+    fn update<R>(
+        &self,
+        key: String,
+        f: impl FnOnce(Option<Entry>) -> (Update, R),
+    ) -> kvs::Result<R> {
+        self.inner.update(key, f)
+    }
+
+    fn scan(&self, after: Option<&str>, limit: usize) -> kvs::Result<Vec<String>> {
+        self.inner.scan(after, limit)
+    }
+
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+
+    fn clear(&self) -> kvs::Result<()> {
+        self.inner.clear()
     }
 
     fn flush(&self) -> kvs::Result<()> {
         Ok(())
+    }
+
+    fn stats(&self) -> EngineStats {
+        self.inner.stats()
     }
 }

@@ -25,6 +25,7 @@ use record::{Kind, MAX_KEY_LEN, MAX_VALUE_LEN};
 use segment::SegmentId;
 use writer::{GroupCommit, Writer};
 
+use crate::engine::{EngineStats, Entry, Update};
 use crate::{KvsEngine, KvsError, Result};
 
 /// When appended records are forced to stable storage.
@@ -407,20 +408,6 @@ impl KvStore {
         &self.guard.core
     }
 
-    /// Sets `key` to `value`, expiring after `ttl` (rounded up to a
-    /// millisecond). An expired key reads as missing and compaction drops it.
-    pub fn set_with_ttl(&self, key: String, value: String, ttl: Duration) -> Result<()> {
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        self.core()
-            .write(Kind::Put, key, &value, now_ms().saturating_add(ms))
-    }
-
-    /// Forces everything written so far to stable storage, whatever the
-    /// sync mode.
-    pub fn flush(&self) -> Result<()> {
-        self.core().sync_all()
-    }
-
     /// Runs a compaction on the background thread now and waits for it.
     pub fn compact(&self) -> Result<()> {
         let (tx, rx) = mpsc::channel();
@@ -432,7 +419,7 @@ impl KvStore {
     }
 
     /// Current sizes.
-    pub fn stats(&self) -> Stats {
+    pub fn sizes(&self) -> Stats {
         let core = self.core();
         let w = core.lock_writer();
         Stats {
@@ -508,4 +495,49 @@ impl KvsEngine for KvStore {
     fn remove(&self, key: String) -> Result<()> {
         self.core().write(Kind::Tombstone, key, "", 0)
     }
+
+    fn set_expiring(&self, key: String, value: String, expires_at: u64) -> Result<()> {
+        self.core().write(Kind::Put, key, &value, expires_at)
+    }
+
+    fn get_entry(&self, _key: &str) -> Result<Option<Entry>> {
+        Err(not_yet("get_entry"))
+    }
+
+    fn update<R>(&self, _key: String, _f: impl FnOnce(Option<Entry>) -> (Update, R)) -> Result<R> {
+        Err(not_yet("update"))
+    }
+
+    fn scan(&self, _after: Option<&str>, _limit: usize) -> Result<Vec<String>> {
+        Err(not_yet("scan"))
+    }
+
+    fn len(&self) -> u64 {
+        self.core().index.len() as u64
+    }
+
+    fn clear(&self) -> Result<()> {
+        Err(not_yet("clear"))
+    }
+
+    /// Forces everything written so far to stable storage, whatever the
+    /// sync mode.
+    fn flush(&self) -> Result<()> {
+        self.core().sync_all()
+    }
+
+    fn stats(&self) -> EngineStats {
+        let s = self.sizes();
+        EngineStats {
+            keys: s.keys as u64,
+            live_bytes: s.live_bytes,
+            disk_bytes: s.disk_bytes,
+            ..EngineStats::default()
+        }
+    }
+}
+
+// TODO(engine helper): replaced by real implementations before issue 8 lands.
+fn not_yet(what: &str) -> KvsError {
+    KvsError::InvalidInput(format!("{what} is not implemented by this engine yet"))
 }
