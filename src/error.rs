@@ -81,6 +81,20 @@ pub enum KvsError {
     /// The store, pool or connection is closed or shutting down.
     #[error("closed: {0}")]
     Closed(String),
+
+    /// A write would take the memory engine over its bound and the
+    /// eviction policy is `noeviction` (nothing was written).
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
+
+    /// The store serves reads only for now (a full disk, a damaged sealed
+    /// segment); the message names the directory or file and the reason.
+    #[error("read-only: {0}")]
+    ReadOnly(String),
+
+    /// The connection has not authenticated, or gave a wrong password.
+    #[error("authentication: {0}")]
+    Auth(String),
 }
 
 /// The crate's result type.
