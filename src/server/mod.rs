@@ -13,6 +13,7 @@ mod connection;
 mod engine;
 mod launch;
 mod pipeline;
+mod stats;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,7 @@ use tracing::{error, info, warn};
 pub use config::{MIN_FRAME_LEN, ServerConfig};
 pub use engine::{ENGINE_RECORD, EngineKind, check_and_record_engine};
 pub use launch::{Settings, serve};
+pub use stats::{Counter, EngineSnapshot, ServerStats, StatsSnapshot, rss_bytes};
 
 use crate::thread_pool::SharedQueueThreadPool;
 use crate::{KvsEngine, Result};
