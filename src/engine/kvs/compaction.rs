@@ -6,7 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::sync::atomic::Ordering;
 
-use super::index::{Loc, now_ms};
+use super::index::{self, Loc, now_ms};
 use super::record::{self, SEGMENT_HEADER_LEN};
 use super::segment::{self, SegmentId};
 use super::{Core, FailPoint};
@@ -80,6 +80,8 @@ pub fn run(core: &Core) -> Result<()> {
                     {
                         core.index.remove(key.as_str());
                         w.live_bytes = w.live_bytes.saturating_sub(old.len as u64);
+                        w.index_bytes = w.index_bytes.saturating_sub(index::entry_bytes(key));
+                        core.expired.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -87,29 +89,63 @@ pub fn run(core: &Core) -> Result<()> {
     }
 
     // Step 5: retire the inputs, oldest first.
-    core.retired_below.store(out, Ordering::Release);
-    let mut freed = 0;
-    for (i, &id) in inputs.iter().enumerate() {
-        if i == 1 {
-            fail_if(core, FailPoint::AfterFirstDelete)?;
-        }
-        let p = segment::path(&core.dir, id);
-        let size = fs::metadata(&p)?.len();
-        fs::remove_file(&p)?;
-        // NOTE: one directory sync per unlink: recovery relies on the
-        // inputs left after a crash being the newest ones, which needs the
-        // unlinks to reach the disk in order on any file system.
-        segment::sync_dir(&core.dir)?;
-        freed += size;
-        let mut w = core.lock_writer();
-        w.disk_bytes = w.disk_bytes.saturating_sub(size);
-    }
+    let freed = delete_oldest_first(core, out, &inputs, FailPoint::AfterFirstDelete)?;
     tracing::info!(
         segment = out,
         inputs = inputs.len(),
         freed_bytes = freed,
         written_bytes = copied.out_len,
         "compaction done"
+    );
+    Ok(())
+}
+
+/// Raises `retired_below` to `below` and deletes segments `ids` (all
+/// below it) oldest first; returns the bytes freed.
+fn delete_oldest_first(
+    core: &Core,
+    below: SegmentId,
+    ids: &[SegmentId],
+    fail_point: FailPoint,
+) -> Result<u64> {
+    core.retired_below.fetch_max(below, Ordering::AcqRel);
+    let mut freed = 0;
+    for (i, &id) in ids.iter().enumerate() {
+        if i == 1 {
+            fail_if(core, fail_point)?;
+        }
+        let p = segment::path(&core.dir, id);
+        let size = fs::metadata(&p)?.len();
+        fs::remove_file(&p)?;
+        // NOTE: one directory sync per unlink: recovery relies on the
+        // segments left after a crash being the newest ones, which needs the
+        // unlinks to reach the disk in order on any file system.
+        segment::sync_dir(&core.dir)?;
+        freed += size;
+        let mut w = core.lock_writer();
+        w.disk_bytes = w.disk_bytes.saturating_sub(size);
+    }
+    Ok(freed)
+}
+
+/// Deletes every segment below `below`, which starts with a `Clear`
+/// record: they hold nothing live. Runs on the compaction thread, so it
+/// never overlaps a compaction.
+pub fn retire_below(core: &Core, below: SegmentId) -> Result<()> {
+    // NOTE: the `Clear` record must be durable before what it kills is
+    // deleted: otherwise a crash could leave a suffix of the old segments
+    // and no `Clear`, a state that never existed.
+    core.sync_all()?;
+    fail_if(core, FailPoint::ClearBeforeRetire)?;
+    let ids: Vec<SegmentId> = segment::list_and_clean(&core.dir)?
+        .into_iter()
+        .filter(|&id| id < below)
+        .collect();
+    let freed = delete_oldest_first(core, below, &ids, FailPoint::ClearAfterFirstDelete)?;
+    tracing::info!(
+        segments = ids.len(),
+        freed_bytes = freed,
+        "cleared segments deleted"
     );
     Ok(())
 }

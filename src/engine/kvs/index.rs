@@ -96,6 +96,14 @@ impl Slot {
     }
 }
 
+/// Estimated bytes one index entry takes: the key's heap bytes, the
+/// `String` and [`Slot`] inline, and the skip-list node (refcount, height,
+/// and on average two tower pointers) rounded up for allocator overhead.
+pub fn entry_bytes(key: &str) -> u64 {
+    const NODE_OVERHEAD: usize = 48;
+    (key.len() + std::mem::size_of::<String>() + std::mem::size_of::<Slot>() + NODE_OVERHEAD) as u64
+}
+
 /// Current Unix time in milliseconds.
 pub fn now_ms() -> u64 {
     SystemTime::now()

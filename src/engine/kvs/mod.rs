@@ -23,6 +23,7 @@ use index::{Index, Loc, Slot, now_ms};
 use reader::Reader;
 use record::{Kind, MAX_KEY_LEN, MAX_VALUE_LEN};
 use segment::SegmentId;
+use std::ops::Bound;
 use writer::{GroupCommit, Writer};
 
 use crate::engine::{EngineStats, Entry, Update};
@@ -97,6 +98,10 @@ pub enum FailPoint {
     BeforePublish,
     /// Published, and the oldest input deleted; the others remain.
     AfterFirstDelete,
+    /// `clear`: the `Clear` record is durable; no old segment deleted.
+    ClearBeforeRetire,
+    /// `clear`: the oldest old segment deleted; the others remain.
+    ClearAfterFirstDelete,
 }
 
 impl Default for Options {
@@ -142,12 +147,31 @@ pub(crate) struct Core {
     /// a full disk) does not start one per write, each sealing a segment.
     compaction_failed_at: AtomicU64,
     /// Requests to the compaction thread; `None` once closing.
-    compact_tx: Mutex<Option<Sender<CompactRequest>>>,
+    compact_tx: Mutex<Option<Sender<Job>>>,
+    /// Compactions that failed since open.
+    compaction_failures: AtomicU64,
+    /// Expired keys dropped from the index since open.
+    expired: AtomicU64,
     /// Holds the directory lock for as long as the store is open.
     _lock: File,
 }
 
-type CompactRequest = Option<Sender<Result<()>>>;
+/// Who waits for a background job's result, if anyone.
+type Reply = Option<Sender<Result<()>>>;
+
+/// Work for the compaction thread, which runs one job at a time so that
+/// compaction and the retirement of cleared segments never interleave.
+enum Job {
+    /// Compact every segment older than the active one.
+    Compact(Reply),
+    /// Delete every segment below this id, once everything written is
+    /// durable: they precede a durable `Clear` record (see `clear`).
+    Retire(SegmentId, Reply),
+}
+
+/// Index entries the expiry sweep looks at per tick of the compaction
+/// thread (once a second).
+const SWEEP_BATCH: usize = 10_000;
 
 /// Pause after a failed automatic compaction.
 const COMPACTION_RETRY_MS: u64 = 30_000;
@@ -175,10 +199,10 @@ impl Core {
         self.wait_durable(lsn)
     }
 
-    fn request_compaction(&self, reply: CompactRequest) -> bool {
+    fn request(&self, job: Job) -> bool {
         let tx = self.compact_tx.lock().unwrap_or_else(|p| p.into_inner());
         match tx.as_ref() {
-            Some(tx) => tx.send(reply).is_ok(),
+            Some(tx) => tx.send(job).is_ok(),
             None => false,
         }
     }
@@ -196,44 +220,26 @@ impl Core {
             + self.opts.compaction_min_stale_bytes as f64;
         if stale as f64 > limit
             && !self.compaction_pending.swap(true, Ordering::AcqRel)
-            && !self.request_compaction(None)
+            && !self.request(Job::Compact(None))
         {
             self.compaction_pending.store(false, Ordering::Release);
         }
     }
 
-    /// Appends one record and updates the index. Returns the lsn to wait for.
-    fn append(&self, kind: Kind, key: String, value: &str, expires_at: u64) -> Result<u64> {
-        if key.len() > MAX_KEY_LEN {
-            return Err(KvsError::InvalidInput(format!(
-                "key of {} bytes is over the {MAX_KEY_LEN} byte limit",
-                key.len()
-            )));
-        }
-        if value.len() > MAX_VALUE_LEN {
-            return Err(KvsError::InvalidInput(format!(
-                "value of {} bytes is over the {MAX_VALUE_LEN} byte limit",
-                value.len()
-            )));
-        }
-        let mut w = self.lock_writer();
+    /// Appends a put or tombstone of `key` and updates the index; the
+    /// caller holds the writer lock (`w`) and checked the sizes. Returns
+    /// the lsn to wait for.
+    fn append_locked(
+        &self,
+        w: &mut Writer,
+        kind: Kind,
+        key: String,
+        value: &str,
+        expires_at: u64,
+    ) -> Result<u64> {
         let entry = self.index.get(key.as_str());
         let old = entry.as_ref().map(|e| e.value().load());
-        if kind == Kind::Tombstone && old.is_none_or(|l| l.expired()) {
-            return Err(KvsError::KeyNotFound);
-        }
-        let mut buf = std::mem::take(&mut w.buf);
-        buf.clear();
-        let len =
-            record::encode(&mut buf, kind, key.as_bytes(), value.as_bytes(), expires_at) as u64;
-        w.buf = buf;
-        let seg_before = w.active;
-        self.commit.check()?;
-        let offset = w.append_buf(&self.dir, &self.commit)?;
-        if w.active != seg_before {
-            // The rotation synced everything before this record.
-            self.commit.mark_durable(w.lsn - len);
-        }
+        let len = self.append_record(w, kind, key.as_bytes(), value.as_bytes(), expires_at)?;
         if let Some(old) = old {
             w.live_bytes = w.live_bytes.saturating_sub(old.len as u64);
         }
@@ -242,32 +248,133 @@ impl Core {
                 let loc = Loc {
                     seg: w.active,
                     len: len as u32,
-                    offset,
+                    offset: w.pos - len,
                     expires_at,
                 };
                 match &entry {
                     Some(e) => e.value().store(loc),
                     None => {
+                        w.index_bytes += index::entry_bytes(&key);
                         self.index.insert(key, Slot::new(loc));
                     }
                 }
                 w.live_bytes += len;
             }
-            Kind::Tombstone => {
-                self.index.remove(key.as_str());
+            Kind::Tombstone | Kind::Clear => {
+                if self.index.remove(key.as_str()).is_some() {
+                    w.index_bytes = w.index_bytes.saturating_sub(index::entry_bytes(&key));
+                }
             }
         }
-        self.maybe_compact(&w);
+        self.maybe_compact(w);
         Ok(w.lsn)
     }
 
+    /// Encodes and appends one record (rotating when it does not fit);
+    /// returns its length. The caller holds the writer lock.
+    fn append_record(
+        &self,
+        w: &mut Writer,
+        kind: Kind,
+        key: &[u8],
+        value: &[u8],
+        expires_at: u64,
+    ) -> Result<u64> {
+        let mut buf = std::mem::take(&mut w.buf);
+        buf.clear();
+        let len = record::encode(&mut buf, kind, key, value, expires_at) as u64;
+        w.buf = buf;
+        let seg_before = w.active;
+        self.commit.check()?;
+        w.append_buf(&self.dir, &self.commit)?;
+        if w.active != seg_before {
+            // The rotation synced everything before this record.
+            self.commit.mark_durable(w.lsn - len);
+        }
+        Ok(len)
+    }
+
     fn write(&self, kind: Kind, key: String, value: &str, expires_at: u64) -> Result<()> {
-        let lsn = self.append(kind, key, value, expires_at)?;
+        check_sizes(&key, value)?;
+        let lsn = {
+            let mut w = self.lock_writer();
+            if kind == Kind::Tombstone
+                && self
+                    .index
+                    .get(key.as_str())
+                    .is_none_or(|e| e.value().load().expired())
+            {
+                return Err(KvsError::KeyNotFound);
+            }
+            self.append_locked(&mut w, kind, key, value, expires_at)?
+        };
+        self.durable(lsn)
+    }
+
+    /// Waits for `lsn` when the sync mode asks writes to wait.
+    fn durable(&self, lsn: u64) -> Result<()> {
         if self.opts.sync == SyncMode::Always {
             self.wait_durable(lsn)?;
         }
         Ok(())
     }
+
+    /// Drops expired keys from the index, looking at up to [`SWEEP_BATCH`]
+    /// entries after `cursor`; returns where the next sweep starts. No
+    /// tombstone is needed: the record carries its expiry, so recovery
+    /// and compaction drop it too.
+    fn sweep_expired(&self, cursor: Option<String>) -> Option<String> {
+        let now = now_ms();
+        let mut found = Vec::new();
+        let mut e = match &cursor {
+            Some(k) => self.index.lower_bound(Bound::Excluded(k.as_str())),
+            None => self.index.front(),
+        };
+        let mut last = None;
+        for _ in 0..SWEEP_BATCH {
+            let Some(entry) = e else {
+                last = None;
+                break;
+            };
+            let loc = entry.value().load();
+            if loc.expired_at(now) {
+                found.push((entry.key().clone(), loc));
+            }
+            last = Some(entry.key().clone());
+            e = entry.next();
+        }
+        if !found.is_empty() {
+            let mut w = self.lock_writer();
+            for (key, loc) in found {
+                if let Some(entry) = self.index.get(key.as_str())
+                    && entry.value().load() == loc
+                    && entry.remove()
+                {
+                    w.live_bytes = w.live_bytes.saturating_sub(loc.len as u64);
+                    w.index_bytes = w.index_bytes.saturating_sub(index::entry_bytes(&key));
+                    self.expired.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            self.maybe_compact(&w);
+        }
+        last
+    }
+}
+
+fn check_sizes(key: &str, value: &str) -> Result<()> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(KvsError::InvalidInput(format!(
+            "key of {} bytes is over the {MAX_KEY_LEN} byte limit",
+            key.len()
+        )));
+    }
+    if value.len() > MAX_VALUE_LEN {
+        return Err(KvsError::InvalidInput(format!(
+            "value of {} bytes is over the {MAX_VALUE_LEN} byte limit",
+            value.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Owned by every clone through an `Arc`: when the last clone goes, it stops
@@ -358,6 +465,7 @@ impl KvStore {
             lsn: 0,
             disk_bytes: rec.disk_bytes,
             live_bytes: rec.live_bytes,
+            index_bytes: rec.index_bytes,
             buf: Vec::new(),
         };
         let (compact_tx, compact_rx) = mpsc::channel();
@@ -372,6 +480,8 @@ impl KvStore {
             compaction_pending: AtomicBool::new(false),
             compaction_failed_at: AtomicU64::new(0),
             compact_tx: Mutex::new(Some(compact_tx)),
+            compaction_failures: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
             _lock: lock,
         });
 
@@ -411,7 +521,7 @@ impl KvStore {
     /// Runs a compaction on the background thread now and waits for it.
     pub fn compact(&self) -> Result<()> {
         let (tx, rx) = mpsc::channel();
-        if !self.core().request_compaction(Some(tx)) {
+        if !self.core().request(Job::Compact(Some(tx))) {
             return Err(KvsError::Closed("store is closing".into()));
         }
         rx.recv()
@@ -443,31 +553,61 @@ impl KvStore {
     }
 }
 
-fn compactor(core: Arc<Core>, rx: Receiver<CompactRequest>) {
-    while let Ok(reply) = rx.recv() {
-        let lsn_before = core.lock_writer().lsn;
-        let r = compaction::run(&core);
-        core.compaction_pending.store(false, Ordering::Release);
-        // Writes made while it ran found a compaction pending and asked for
-        // none; if they pushed the stale bytes over the threshold again,
-        // queue the next one now rather than at some later write.
-        let w = core.lock_writer();
-        if w.lsn != lsn_before {
-            core.maybe_compact(&w);
-        }
-        drop(w);
-        match &r {
-            Ok(()) => core.compaction_failed_at.store(0, Ordering::Relaxed),
-            Err(KvsError::Closed(_)) => {}
-            Err(e) => {
-                core.compaction_failed_at.store(now_ms(), Ordering::Relaxed);
-                tracing::error!(error = %e, dir = %core.dir.display(), "compaction failed");
+/// The background thread: runs compactions and clear retirements in
+/// request order, and sweeps expired keys once a second.
+fn compactor(core: Arc<Core>, rx: Receiver<Job>) {
+    let mut cursor = None;
+    loop {
+        let job = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                cursor = core.sweep_expired(cursor);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        match job {
+            Job::Compact(reply) => {
+                let r = compact_once(&core);
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            }
+            Job::Retire(below, reply) => {
+                let r = compaction::retire_below(&core, below);
+                if let Err(e) = &r {
+                    tracing::error!(error = %e, dir = %core.dir.display(), "deleting cleared segments failed");
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
             }
         }
-        if let Some(reply) = reply {
-            let _ = reply.send(r);
+    }
+}
+
+fn compact_once(core: &Core) -> Result<()> {
+    let lsn_before = core.lock_writer().lsn;
+    let r = compaction::run(core);
+    core.compaction_pending.store(false, Ordering::Release);
+    // Writes made while it ran found a compaction pending and asked for
+    // none; if they pushed the stale bytes over the threshold again,
+    // queue the next one now rather than at some later write.
+    let w = core.lock_writer();
+    if w.lsn != lsn_before {
+        core.maybe_compact(&w);
+    }
+    drop(w);
+    match &r {
+        Ok(()) => core.compaction_failed_at.store(0, Ordering::Relaxed),
+        Err(KvsError::Closed(_)) => {}
+        Err(e) => {
+            core.compaction_failed_at.store(now_ms(), Ordering::Relaxed);
+            core.compaction_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, dir = %core.dir.display(), "compaction failed");
         }
     }
+    r
 }
 
 fn syncer(core: Arc<Core>, stop: Receiver<()>) {
@@ -489,7 +629,11 @@ impl KvsEngine for KvStore {
     }
 
     fn get(&self, key: String) -> Result<Option<String>> {
-        self.reader.borrow_mut().get(self.core(), &key)
+        Ok(self
+            .reader
+            .borrow_mut()
+            .get(self.core(), &key)?
+            .map(|e| e.value))
     }
 
     fn remove(&self, key: String) -> Result<()> {
@@ -500,24 +644,94 @@ impl KvsEngine for KvStore {
         self.core().write(Kind::Put, key, &value, expires_at)
     }
 
-    fn get_entry(&self, _key: &str) -> Result<Option<Entry>> {
-        Err(not_yet("get_entry"))
+    fn get_entry(&self, key: &str) -> Result<Option<Entry>> {
+        self.reader.borrow_mut().get(self.core(), key)
     }
 
-    fn update<R>(&self, _key: String, _f: impl FnOnce(Option<Entry>) -> (Update, R)) -> Result<R> {
-        Err(not_yet("update"))
+    /// `f` runs under the writer lock: it must not call into this store.
+    fn update<R>(&self, key: String, f: impl FnOnce(Option<Entry>) -> (Update, R)) -> Result<R> {
+        let core = self.core();
+        let (lsn, r) = {
+            let mut w = core.lock_writer();
+            let loc = core.index.get(key.as_str()).map(|e| e.value().load());
+            let current = match loc {
+                Some(loc) if !loc.expired() => {
+                    // NOTE: the record cannot be deleted under us: compaction
+                    // deletes its inputs only after repointing every index
+                    // entry, and repointing takes the writer lock we hold.
+                    Some(self.reader.borrow_mut().read(core, &key, loc)?)
+                }
+                _ => None,
+            };
+            let live = current.is_some();
+            let (what, r) = f(current);
+            let lsn = match what {
+                Update::Keep => None,
+                Update::Put(e) => {
+                    check_sizes(&key, &e.value)?;
+                    Some(core.append_locked(&mut w, Kind::Put, key, &e.value, e.expires_at)?)
+                }
+                Update::Remove if live => {
+                    Some(core.append_locked(&mut w, Kind::Tombstone, key, "", 0)?)
+                }
+                Update::Remove => None,
+            };
+            (lsn, r)
+        };
+        if let Some(lsn) = lsn {
+            core.durable(lsn)?;
+        }
+        Ok(r)
     }
 
-    fn scan(&self, _after: Option<&str>, _limit: usize) -> Result<Vec<String>> {
-        Err(not_yet("scan"))
+    fn scan(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        let index = &self.core().index;
+        let now = now_ms();
+        let mut out = Vec::with_capacity(limit.min(1024));
+        // NOTE: never `SkipMap::range()`: crossbeam-skiplist 0.1.3 leaks the
+        // nodes it visits.
+        let mut e = match after {
+            Some(k) => index.lower_bound(Bound::Excluded(k)),
+            None => index.front(),
+        };
+        while out.len() < limit {
+            let Some(entry) = e else { break };
+            if !entry.value().load().expired_at(now) {
+                out.push(entry.key().clone());
+            }
+            e = entry.next();
+        }
+        Ok(out)
     }
 
     fn len(&self) -> u64 {
         self.core().index.len() as u64
     }
 
+    /// Writes a `Clear` record as the first record of a new segment,
+    /// empties the index, and (once the record is durable) deletes every
+    /// older segment. See "Clearing" in `docs/design.md`.
     fn clear(&self) -> Result<()> {
-        Err(not_yet("clear"))
+        let core = self.core();
+        let (lsn, seg) = {
+            let mut w = core.lock_writer();
+            core.commit.check()?;
+            let next = segment::next_id(w.active)?;
+            w.rotate(&core.dir, next, 0, &core.commit)?;
+            core.commit.mark_durable(w.lsn);
+            core.append_record(&mut w, Kind::Clear, b"", b"", 0)?;
+            core.index.clear();
+            w.live_bytes = 0;
+            w.index_bytes = 0;
+            (w.lsn, w.active)
+        };
+        core.durable(lsn)?;
+        let (tx, rx) = mpsc::channel();
+        if core.request(Job::Retire(seg, Some(tx))) {
+            rx.recv()
+                .map_err(|_| KvsError::Closed("compaction thread stopped".into()))??;
+        }
+        Ok(())
     }
 
     /// Forces everything written so far to stable storage, whatever the
@@ -527,17 +741,16 @@ impl KvsEngine for KvStore {
     }
 
     fn stats(&self) -> EngineStats {
-        let s = self.sizes();
+        let core = self.core();
+        let w = core.lock_writer();
         EngineStats {
-            keys: s.keys as u64,
-            live_bytes: s.live_bytes,
-            disk_bytes: s.disk_bytes,
+            keys: core.index.len() as u64,
+            used_memory: w.index_bytes,
+            live_bytes: w.live_bytes,
+            disk_bytes: w.disk_bytes,
+            expired: core.expired.load(Ordering::Relaxed),
+            compaction_failures: core.compaction_failures.load(Ordering::Relaxed),
             ..EngineStats::default()
         }
     }
-}
-
-// TODO(engine helper): replaced by real implementations before issue 8 lands.
-fn not_yet(what: &str) -> KvsError {
-    KvsError::InvalidInput(format!("{what} is not implemented by this engine yet"))
 }

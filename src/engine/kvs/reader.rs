@@ -1,7 +1,7 @@
 //! The per-clone read path: no lock, own read-only maps of the segments.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+use std::collections::hash_map::Entry as MapEntry;
 use std::fs::File;
 use std::io;
 use std::sync::atomic::Ordering;
@@ -9,8 +9,10 @@ use std::sync::atomic::Ordering;
 use memmap2::Mmap;
 
 use super::Core;
+use super::index::Loc;
 use super::record::RECORD_HEADER_LEN;
 use super::segment::{self, SegmentId};
+use crate::engine::Entry;
 use crate::{KvsError, Result};
 
 /// How often a read retries after finding its segment deleted under it.
@@ -44,8 +46,8 @@ impl Reader {
             self.maps.remove(&id);
         }
         match self.maps.entry(id) {
-            Entry::Occupied(e) => Ok(e.into_mut()),
-            Entry::Vacant(v) => {
+            MapEntry::Occupied(e) => Ok(e.into_mut()),
+            MapEntry::Vacant(v) => {
                 let file = File::open(segment::path(&core.dir, id))?;
                 // SAFETY: readers only read records the index published; the writer
                 // never writes those bytes again, and segments are only truncated
@@ -57,8 +59,8 @@ impl Reader {
         }
     }
 
-    /// Reads the current value of `key`.
-    pub fn get(&mut self, core: &Core, key: &str) -> Result<Option<String>> {
+    /// Reads the current live entry of `key`.
+    pub fn get(&mut self, core: &Core, key: &str) -> Result<Option<Entry>> {
         for _ in 0..MAX_RETRIES {
             self.refresh(core);
             let Some(entry) = core.index.get(key) else {
@@ -69,36 +71,43 @@ impl Reader {
             if loc.expired() {
                 return Ok(None);
             }
-            let start = loc.offset as usize;
-            let end = start + loc.len as usize;
-            let map = match self.map(core, loc.seg, end) {
-                Ok(m) => m,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            match self.read(core, key, loc) {
+                Err(KvsError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
                     // Compaction retired the segment after we read the index;
                     // the index already points elsewhere.
                     continue;
                 }
-                Err(e) => return Err(e.into()),
-            };
-            let corrupt = |reason: &str| KvsError::Corrupt {
-                path: segment::path(&core.dir, loc.seg),
-                offset: loc.offset,
-                reason: reason.to_string(),
-            };
-            if end > map.len() {
-                return Err(corrupt("index points past the end of the segment"));
+                r => return r.map(Some),
             }
-            // SAFETY: in bounds (checked above). Only this record's bytes are
-            // borrowed: the writer may be storing past them in the same file.
-            let rec = unsafe { std::slice::from_raw_parts(map.as_ptr().add(start), end - start) };
-            let h = segment::check_record(rec, Some(key)).map_err(corrupt)?;
-            let value = &rec[RECORD_HEADER_LEN + h.key_len..];
-            return String::from_utf8(value.to_vec())
-                .map(Some)
-                .map_err(|_| corrupt("value is not UTF-8"));
         }
         Err(KvsError::Io(io::Error::other(format!(
             "key `{key}` kept moving between segments; gave up after {MAX_RETRIES} tries"
         ))))
+    }
+
+    /// Reads and checks the record of `key` at `loc`. A segment deleted
+    /// under the reader is an `Io` error of kind `NotFound`.
+    pub fn read(&mut self, core: &Core, key: &str, loc: Loc) -> Result<Entry> {
+        let start = loc.offset as usize;
+        let end = start + loc.len as usize;
+        let map = self.map(core, loc.seg, end)?;
+        let corrupt = |reason: &str| KvsError::Corrupt {
+            path: segment::path(&core.dir, loc.seg),
+            offset: loc.offset,
+            reason: reason.to_string(),
+        };
+        if end > map.len() {
+            return Err(corrupt("index points past the end of the segment"));
+        }
+        // SAFETY: in bounds (checked above). Only this record's bytes are
+        // borrowed: the writer may be storing past them in the same file.
+        let rec = unsafe { std::slice::from_raw_parts(map.as_ptr().add(start), end - start) };
+        let h = segment::check_record(rec, Some(key)).map_err(corrupt)?;
+        let value = &rec[RECORD_HEADER_LEN + h.key_len..];
+        let value = String::from_utf8(value.to_vec()).map_err(|_| corrupt("value is not UTF-8"))?;
+        Ok(Entry {
+            value,
+            expires_at: h.expires_at,
+        })
     }
 }

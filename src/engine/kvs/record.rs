@@ -20,6 +20,9 @@ pub enum Kind {
     Put = 1,
     /// The key was removed.
     Tombstone = 2,
+    /// Every record before this one in log order is dead (`clear`); key
+    /// and value are empty.
+    Clear = 3,
 }
 
 impl TryFrom<u8> for Kind {
@@ -29,6 +32,7 @@ impl TryFrom<u8> for Kind {
         match b {
             1 => Ok(Kind::Put),
             2 => Ok(Kind::Tombstone),
+            3 => Ok(Kind::Clear),
             other => Err(other),
         }
     }
@@ -106,6 +110,9 @@ impl Header {
         }
         if kind == Kind::Tombstone && value_len != 0 {
             return Err("tombstone with a value".to_string());
+        }
+        if kind == Kind::Clear && (key_len != 0 || value_len != 0) {
+            return Err("clear record with a key or value".to_string());
         }
         let mut e = [0u8; 8];
         e.copy_from_slice(&b[13..21]);

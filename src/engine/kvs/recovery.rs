@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::index::{Index, Loc, Slot};
+use super::index::{self, Index, Loc, Slot, now_ms};
 use super::record::{self, Kind, SEGMENT_HEADER_LEN};
 use super::segment::{self, ScanEnd, SegmentId};
 use crate::{KvsError, Result};
@@ -30,12 +30,17 @@ pub struct Recovered {
     pub disk_bytes: u64,
     /// Bytes of the records the index points to.
     pub live_bytes: u64,
+    /// Estimated memory of the index ([`index::entry_bytes`] summed).
+    pub index_bytes: u64,
 }
 
 /// The last record of each key in one segment, sorted by key.
 struct Scanned {
     id: SegmentId,
     records: Vec<(String, Loc, Kind)>,
+    /// The segment holds a `Clear` record: `records` are only those after
+    /// the last one, and every older segment is dead.
+    cleared: bool,
     end: ScanEnd,
 }
 
@@ -51,6 +56,7 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
             pos: SEGMENT_HEADER_LEN,
             disk_bytes: SEGMENT_HEADER_LEN,
             live_bytes: 0,
+            index_bytes: 0,
         });
     };
 
@@ -89,7 +95,7 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
 
     // The merge and the skip-list inserts overlap: one thread merges and
     // hands sorted chunks to this one, which inserts them.
-    let live_bytes = std::thread::scope(|scope| {
+    let (live_bytes, index_bytes) = std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(String, Loc)>>(4);
         scope.spawn(move || {
             const CHUNK: usize = 8192;
@@ -103,14 +109,15 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
             });
             let _ = tx.send(chunk);
         });
-        let mut live_bytes = 0;
+        let (mut live_bytes, mut index_bytes) = (0, 0);
         for chunk in rx {
             for (key, loc) in chunk {
                 live_bytes += loc.len as u64;
+                index_bytes += index::entry_bytes(&key);
                 index.insert(key, Slot::new(loc));
             }
         }
-        live_bytes
+        (live_bytes, index_bytes)
     });
     let file = OpenOptions::new()
         .read(true)
@@ -123,6 +130,7 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
         pos: newest_len,
         disk_bytes,
         live_bytes,
+        index_bytes,
     })
 }
 
@@ -162,7 +170,13 @@ fn scan_parallel(dir: &Path, ids: &[SegmentId]) -> Result<Vec<Scanned>> {
 
 fn scan_one(dir: &Path, id: SegmentId) -> Result<Scanned> {
     let mut records = Vec::new();
+    let mut cleared = false;
     let end = segment::scan(&segment::path(dir, id), |rec| {
+        if rec.header.kind == Kind::Clear {
+            records.clear();
+            cleared = true;
+            return;
+        }
         let loc = Loc {
             seg: id,
             len: rec.header.record_len() as u32,
@@ -183,18 +197,27 @@ fn scan_one(dir: &Path, id: SegmentId) -> Result<Scanned> {
     Ok(Scanned {
         id,
         records: latest,
+        cleared,
         end,
     })
 }
 
 /// Merges the per-segment lists in key order, newest segment first among
-/// equal keys, and calls `emit` for every key whose latest record is a put.
+/// equal keys, and calls `emit` for every key whose latest record is a put
+/// that has not expired. Segments older than the newest one holding a
+/// `Clear` record are dead and skipped.
 ///
 /// A linear pick over the list heads: there are few segments (one per
 /// 64 MiB of log), and it compares each key about once per list, where a
 /// binary heap moved and compared every entry several times.
 fn merge(scanned: Vec<Scanned>, mut emit: impl FnMut(String, Loc)) {
-    let mut lists: Vec<Vec<(String, Loc, Kind)>> = scanned.into_iter().map(|s| s.records).collect();
+    let first_live = scanned.iter().rposition(|s| s.cleared).unwrap_or(0);
+    let now = now_ms();
+    let mut lists: Vec<Vec<(String, Loc, Kind)>> = scanned
+        .into_iter()
+        .skip(first_live)
+        .map(|s| s.records)
+        .collect();
     let mut pos = vec![0usize; lists.len()];
     loop {
         // Lists are in segment id order, so among equal keys the last wins.
@@ -216,7 +239,7 @@ fn merge(scanned: Vec<Scanned>, mut emit: impl FnMut(String, Loc)) {
                 pos[i] += 1;
             }
         }
-        if kind == Kind::Put {
+        if kind == Kind::Put && !loc.expired_at(now) {
             emit(key, loc);
         }
     }

@@ -35,6 +35,8 @@ pub struct Writer {
     pub disk_bytes: u64,
     /// Bytes of the records the index points to.
     pub live_bytes: u64,
+    /// Estimated memory of the index entries.
+    pub index_bytes: u64,
     /// Encode buffer, reused.
     pub buf: Vec<u8>,
     /// The active segment, mapped shared: a copy into it is in the OS page
