@@ -10,6 +10,7 @@
 
 mod codec;
 mod message;
+pub mod resp;
 
 pub use codec::{FrameCodec, decode_message, encode_frame};
 pub use message::{ErrorKind, Request, Response};

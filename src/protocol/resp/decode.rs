@@ -1,0 +1,295 @@
+//! The request decoder: multibulk and inline commands out of a byte buffer.
+
+use std::fmt;
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+
+use super::inline::split_args;
+use super::{Limits, Reply, UNAUTHENTICATED_MAX_ARRAY_LEN, UNAUTHENTICATED_MAX_BULK_LEN};
+
+/// Arguments reserved up front for a multibulk command, whatever count it
+/// declares: the table grows with the arguments that actually arrive.
+const INITIAL_ARGS: usize = 8;
+
+/// A request that breaks RESP; the connection cannot continue after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// `*` count that is not a canonical integer or is over the limit.
+    InvalidMultibulkLength,
+    /// `$` length that is not a canonical integer, negative or over the
+    /// limit.
+    InvalidBulkLength,
+    /// An array element that is not a bulk string.
+    ExpectedDollar(u8),
+    /// A `*` count line longer than the inline limit.
+    TooBigMultibulkCount,
+    /// A `$` length line longer than the inline limit.
+    TooBigBulkCount,
+    /// An inline line longer than the inline limit.
+    TooBigInline,
+    /// An inline line whose quotes do not close.
+    UnbalancedQuotes,
+    /// A bulk string not followed by CRLF (Redis skips two bytes blindly;
+    /// kvs refuses to guess).
+    MissingCrlf,
+    /// Over [`UNAUTHENTICATED_MAX_ARRAY_LEN`] before authentication.
+    UnauthenticatedMultibulkLength,
+    /// Over [`UNAUTHENTICATED_MAX_BULK_LEN`] before authentication.
+    UnauthenticatedBulkLength,
+}
+
+impl fmt::Display for ProtocolError {
+    /// Redis's text, without the `ERR ` prefix.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Protocol error: ")?;
+        match self {
+            ProtocolError::InvalidMultibulkLength => f.write_str("invalid multibulk length"),
+            ProtocolError::InvalidBulkLength => f.write_str("invalid bulk length"),
+            ProtocolError::ExpectedDollar(got) => write!(f, "expected '$', got '{}'", *got as char),
+            ProtocolError::TooBigMultibulkCount => f.write_str("too big mbulk count string"),
+            ProtocolError::TooBigBulkCount => f.write_str("too big bulk count string"),
+            ProtocolError::TooBigInline => f.write_str("too big inline request"),
+            ProtocolError::UnbalancedQuotes => f.write_str("unbalanced quotes in request"),
+            ProtocolError::MissingCrlf => f.write_str("expected CRLF after bulk data"),
+            ProtocolError::UnauthenticatedMultibulkLength => {
+                f.write_str("unauthenticated multibulk length")
+            }
+            ProtocolError::UnauthenticatedBulkLength => f.write_str("unauthenticated bulk length"),
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+impl ProtocolError {
+    /// The reply to send before closing: `-ERR Protocol error: ...`.
+    pub fn reply(&self) -> Reply {
+        Reply::Error(format!("ERR {self}").into())
+    }
+}
+
+/// How far into a multibulk command the buffer has been parsed.
+#[derive(Debug, Default)]
+struct Partial {
+    /// Bytes of the buffer parsed so far (all of them belong to this
+    /// command).
+    pos: usize,
+    /// Arguments the command declared.
+    count: usize,
+    /// Where each complete argument lies in the buffer.
+    args: Vec<Range<usize>>,
+}
+
+/// Splits a byte stream into commands.
+///
+/// Call [`decode`](Self::decode) with the connection's read buffer after
+/// each read. Between calls the caller may only append to the buffer:
+/// the decoder remembers how far it parsed a partially received multibulk
+/// command so a large or slowly arriving one is not parsed again from its
+/// start.
+#[derive(Debug, Default)]
+pub struct RespDecoder {
+    partial: Option<Partial>,
+}
+
+/// One step of parsing: done, or more bytes are needed.
+type Step<T> = Result<Option<T>, ProtocolError>;
+
+impl RespDecoder {
+    /// A decoder at the start of a stream.
+    pub fn new() -> RespDecoder {
+        RespDecoder::default()
+    }
+
+    /// The next command's arguments, removed from the front of `buf`.
+    ///
+    /// `Ok(None)`: no whole command is buffered yet; nothing of it has been
+    /// removed (empty commands before it, `*0`, `*-1` and blank inline
+    /// lines, are removed and skipped as Redis skips them). `limits` and
+    /// `authenticated` may change between calls (Redis's tighter limits
+    /// apply until the connection authenticates). An error means the
+    /// stream is broken: answer [`ProtocolError::reply`] and close.
+    pub fn decode(
+        &mut self,
+        buf: &mut BytesMut,
+        limits: &Limits,
+        authenticated: bool,
+    ) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+        loop {
+            if self.partial.is_none() {
+                let Some(&first) = buf.first() else {
+                    return Ok(None);
+                };
+                if first != b'*' {
+                    match decode_inline(buf, limits)? {
+                        None => return Ok(None),
+                        Some(args) if args.is_empty() => continue,
+                        Some(args) => return Ok(Some(args)),
+                    }
+                }
+                let Some((count, pos)) = array_header(buf, limits, authenticated)? else {
+                    return Ok(None);
+                };
+                let Ok(count) = usize::try_from(count) else {
+                    // A negative count is an empty command to Redis.
+                    let _ = buf.split_to(pos);
+                    continue;
+                };
+                if count == 0 {
+                    let _ = buf.split_to(pos);
+                    continue;
+                }
+                self.partial = Some(Partial {
+                    pos,
+                    count,
+                    args: Vec::with_capacity(count.min(INITIAL_ARGS)),
+                });
+            }
+            let Some(partial) = self.partial.as_mut() else {
+                // Invariant: set just above when it was `None`.
+                unreachable!("partial command set above");
+            };
+            while partial.args.len() < partial.count {
+                match bulk(&buf[partial.pos..], limits, authenticated)? {
+                    None => return Ok(None),
+                    Some((data, used)) => {
+                        let start = partial.pos;
+                        partial.args.push(start + data.start..start + data.end);
+                        partial.pos += used;
+                    }
+                }
+            }
+            let Some(done) = self.partial.take() else {
+                unreachable!("partial command checked above");
+            };
+            let frame = buf.split_to(done.pos).freeze();
+            return Ok(Some(
+                done.args.into_iter().map(|r| frame.slice(r)).collect(),
+            ));
+        }
+    }
+}
+
+/// The `*` line at the start of `buf`: the declared count and the bytes
+/// the line takes.
+fn array_header(buf: &[u8], limits: &Limits, authenticated: bool) -> Step<(i64, usize)> {
+    let Some((line, used)) = header_line(buf, limits, ProtocolError::TooBigMultibulkCount)? else {
+        return Ok(None);
+    };
+    let count = parse_i64(line).ok_or(ProtocolError::InvalidMultibulkLength)?;
+    if count > 0 && count as u64 > limits.max_array_len as u64 {
+        return Err(ProtocolError::InvalidMultibulkLength);
+    }
+    if !authenticated && count > UNAUTHENTICATED_MAX_ARRAY_LEN as i64 {
+        return Err(ProtocolError::UnauthenticatedMultibulkLength);
+    }
+    Ok(Some((count, used)))
+}
+
+/// One `$len\r\ndata\r\n` at the start of `buf`: where the data lies and
+/// the bytes the whole element takes.
+fn bulk(buf: &[u8], limits: &Limits, authenticated: bool) -> Step<(Range<usize>, usize)> {
+    let Some(&first) = buf.first() else {
+        return Ok(None);
+    };
+    if first != b'$' {
+        return Err(ProtocolError::ExpectedDollar(first));
+    }
+    let Some((line, header)) = header_line(buf, limits, ProtocolError::TooBigBulkCount)? else {
+        return Ok(None);
+    };
+    let len = parse_i64(line).ok_or(ProtocolError::InvalidBulkLength)?;
+    let len = usize::try_from(len).map_err(|_| ProtocolError::InvalidBulkLength)?;
+    if len > limits.max_bulk_len {
+        return Err(ProtocolError::InvalidBulkLength);
+    }
+    if !authenticated && len > UNAUTHENTICATED_MAX_BULK_LEN {
+        return Err(ProtocolError::UnauthenticatedBulkLength);
+    }
+    let end = header + len;
+    match buf.get(end..end + 2) {
+        Some(b"\r\n") => Ok(Some((header..end, end + 2))),
+        Some(_) => Err(ProtocolError::MissingCrlf),
+        None if buf.len() > end && buf[end] != b'\r' => Err(ProtocolError::MissingCrlf),
+        None => Ok(None),
+    }
+}
+
+/// The body of the header line at the start of `buf` (type byte and CRLF
+/// excluded) and the bytes the line takes; `too_big` when no line end
+/// comes within the inline limit. A `\r` followed by anything but `\n`
+/// ends the line too and yields an empty body, which no caller accepts
+/// as a number.
+fn header_line<'a>(
+    buf: &'a [u8],
+    limits: &Limits,
+    too_big: ProtocolError,
+) -> Step<(&'a [u8], usize)> {
+    let window = &buf[..buf.len().min(limits.max_inline_len + 1)];
+    match window.iter().position(|&b| b == b'\r') {
+        Some(cr) if cr + 1 < buf.len() => {
+            if buf[cr + 1] == b'\n' {
+                Ok(Some((&buf[1..cr], cr + 2)))
+            } else {
+                Ok(Some((b"", 0)))
+            }
+        }
+        Some(_) => Ok(None),
+        None if buf.len() > limits.max_inline_len => Err(too_big),
+        None => Ok(None),
+    }
+}
+
+/// A decimal integer as Redis's `string2ll` accepts it: an optional `-`,
+/// no `+`, no leading zeros, no `-0`, no spaces, in range.
+fn parse_i64(s: &[u8]) -> Option<i64> {
+    let (negative, digits) = match s {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, s),
+    };
+    match digits {
+        [] => return None,
+        [b'0'] if !negative => return Some(0),
+        [b'0', ..] => return None,
+        _ => {}
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        let d = i64::from(d - b'0');
+        n = n.checked_mul(10)?;
+        n = if negative {
+            n.checked_sub(d)?
+        } else {
+            n.checked_add(d)?
+        };
+    }
+    Some(n)
+}
+
+/// One inline command line, removed from `buf`; an empty vector for a
+/// blank line.
+fn decode_inline(buf: &mut BytesMut, limits: &Limits) -> Step<Vec<Bytes>> {
+    let window = &buf[..buf.len().min(limits.max_inline_len + 1)];
+    let Some(newline) = window.iter().position(|&b| b == b'\n') else {
+        if buf.len() > limits.max_inline_len {
+            return Err(ProtocolError::TooBigInline);
+        }
+        return Ok(None);
+    };
+    let line = buf.split_to(newline + 1);
+    let mut line = &line[..newline];
+    if let [rest @ .., b'\r'] = line {
+        line = rest;
+    }
+    split_args(line)
+        .map(Some)
+        .ok_or(ProtocolError::UnbalancedQuotes)
+}
+
+#[cfg(test)]
+mod tests;
