@@ -1,7 +1,6 @@
 //! `KvsClient`: the async client used by `kvs-client`, the tests and the
 //! load tester.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -15,6 +14,13 @@ use crate::protocol::{
 use crate::{KvsError, Result};
 
 const CHUNK: usize = 8 * 1024;
+/// How long the first reply on a connection may take before a second
+/// connection asks the server what protocol it speaks (a Redis server
+/// answers a kvs frame with silence). Far above a kvs server's reply time,
+/// so a healthy server is never probed.
+const PROBE_AFTER: Duration = Duration::from_secs(1);
+/// How long that probe waits for an answer.
+const PROBE_WAIT: Duration = Duration::from_secs(2);
 
 /// An async connection to a kvs server.
 ///
@@ -37,24 +43,30 @@ pub struct KvsClient {
     wbuf: BytesMut,
     /// Requests queued or sent whose responses have not been received.
     pending: usize,
+    /// The address as the caller gave it, for errors.
+    addr: String,
+    /// A whole kvs frame has arrived: the peer speaks kvs, and the
+    /// first-reply checks are done.
+    verified: bool,
 }
 
 impl KvsClient {
-    /// Connects to the server at `addr`.
-    pub async fn connect(addr: SocketAddr) -> Result<KvsClient> {
-        let stream = TcpStream::connect(addr).await.map_err(|e| {
-            KvsError::Io(std::io::Error::new(
-                e.kind(),
-                format!("cannot connect to {addr}: {e}"),
-            ))
-        })?;
-        stream.set_nodelay(true)?;
+    /// Connects to the server at `addr`: `IP:PORT`, `[IPv6]:PORT` or
+    /// `HOST:PORT` (a `SocketAddr` works too). A host name is resolved on
+    /// every call, through `/etc/hosts` and the DNS servers of
+    /// `/etc/resolv.conf` ([`crate::net::resolve`]), and each of its
+    /// addresses is tried in turn.
+    pub async fn connect(addr: impl ToString) -> Result<KvsClient> {
+        let addr = addr.to_string();
+        let stream = crate::net::connect(&addr).await?;
         Ok(KvsClient {
             stream,
             codec: FrameCodec::new(DEFAULT_MAX_FRAME_LEN),
             rbuf: BytesMut::with_capacity(CHUNK),
             wbuf: BytesMut::with_capacity(CHUNK),
             pending: 0,
+            addr,
+            verified: false,
         })
     }
 
@@ -153,15 +165,29 @@ impl KvsClient {
                 "recv without a request waiting for its response".to_owned(),
             ));
         }
+        let mut probed = self.verified;
         loop {
-            if let Some(frame) = self.codec.decode(&mut self.rbuf)? {
+            if let Some(frame) = self.decode_frame()? {
                 self.pending -= 1;
                 return decode_message(&frame);
             }
             if self.rbuf.capacity() - self.rbuf.len() < CHUNK / 2 {
                 self.rbuf.reserve(CHUNK);
             }
-            let read = if self.wbuf.is_empty() {
+            let read = if !probed && self.rbuf.is_empty() && self.wbuf.is_empty() {
+                // The first reply: if it is slow, ask what the peer speaks.
+                tokio::select! {
+                    read = self.stream.read_buf(&mut self.rbuf) => read?,
+                    () = tokio::time::sleep(PROBE_AFTER) => {
+                        probed = true;
+                        let peer = self.stream.peer_addr()?;
+                        if let Some(foreign) = crate::net::probe(peer, &self.addr, PROBE_WAIT).await {
+                            return Err(KvsError::Protocol(foreign));
+                        }
+                        continue;
+                    }
+                }
+            } else if self.wbuf.is_empty() {
                 self.stream.read_buf(&mut self.rbuf).await?
             } else {
                 let (mut rd, mut wr) = self.stream.split();
@@ -176,6 +202,11 @@ impl KvsClient {
                 }
             };
             if read == 0 {
+                if !self.verified
+                    && let Some(foreign) = crate::net::describe_foreign(&self.addr, &self.rbuf)
+                {
+                    return Err(KvsError::Protocol(foreign));
+                }
                 return Err(KvsError::Closed(if self.rbuf.is_empty() {
                     "the server closed the connection".to_owned()
                 } else {
@@ -193,13 +224,27 @@ impl KvsClient {
         if self.pending == 0 {
             return Ok(None);
         }
-        match self.codec.decode(&mut self.rbuf)? {
+        match self.decode_frame()? {
             Some(frame) => {
                 self.pending -= 1;
                 decode_message(&frame).map(Some)
             }
             None => Ok(None),
         }
+    }
+
+    /// The next whole frame in the read buffer. Until the first one has
+    /// arrived, bytes that cannot start a kvs frame are reported as what
+    /// they look like (RESP, HTTP, ...) rather than as a bad frame.
+    fn decode_frame(&mut self) -> Result<Option<BytesMut>> {
+        if !self.verified
+            && let Some(foreign) = crate::net::describe_foreign(&self.addr, &self.rbuf)
+        {
+            return Err(KvsError::Protocol(foreign));
+        }
+        let frame = self.codec.decode(&mut self.rbuf)?;
+        self.verified |= frame.is_some();
+        Ok(frame)
     }
 
     /// One request, one response; an error response becomes `Err`.

@@ -7,12 +7,15 @@
 //!   bridge the server uses to await them.
 //! - [`server`], [`KvsClient`], [`protocol`]: the network service.
 //! - [`bench`]: the load generator behind `kvs-bench`.
+//! - [`net`]: host names resolved without NSS, and naming a peer that does
+//!   not speak kvs.
 #![warn(missing_docs)]
 
 pub mod bench;
 mod client;
 pub mod engine;
 mod error;
+pub mod net;
 pub mod protocol;
 pub mod server;
 pub mod thread_pool;

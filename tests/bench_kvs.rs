@@ -18,7 +18,7 @@ use server_support::TestServer;
 fn options(addr: SocketAddr) -> BenchOptions {
     BenchOptions {
         protocol: Protocol::Kvs,
-        addr,
+        addr: addr.to_string(),
         connections: 7,
         pipeline: 4,
         stop: Stop::Requests(1000),

@@ -3,17 +3,16 @@
 
 mod bench_support;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::process::Command;
 
-use bench_support::{resp_responder, responder};
+use bench_support::{Redis, resp_responder, responder};
 use kvs::bench::{self, BenchOptions, KeyDist, Protocol, Ratio, Stop};
 
 fn options(addr: SocketAddr) -> BenchOptions {
     BenchOptions {
         protocol: Protocol::Resp,
-        addr,
+        addr: addr.to_string(),
         connections: 5,
         pipeline: 8,
         stop: Stop::Requests(2000),
@@ -67,63 +66,9 @@ async fn resp_error_replies_are_counted() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
 }
 
-/// A `redis-server` started by this test on a free loopback port, killed
-/// (by its PID) when dropped.
-struct Redis {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Option<Redis> {
-        let installed = Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !installed {
-            return None;
-        }
-        // A free port: bind port 0, note it, release it.
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let redis = Redis {
-            child,
-            addr,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(redis)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn against_redis_server() {
-    let Some(redis) = Redis::start() else {
-        println!("SKIPPED: redis-server not installed");
+    let Some(redis) = Redis::start_or_skip("against_redis_server") else {
         return;
     };
     for (ratio, dist, pipeline) in [

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub use options::{BenchOptions, KeyDist, Protocol, Ratio, Stop};
@@ -43,6 +44,8 @@ use crate::{KvsError, Result};
 
 /// Requests in flight per connection while preloading.
 const PRELOAD_DEPTH: usize = 32;
+/// How long the pre-flight PING may take.
+const PREFLIGHT_WAIT: Duration = Duration::from_secs(5);
 /// How often the progress line is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
@@ -77,16 +80,10 @@ pub async fn run(options: &BenchOptions) -> Result<Report> {
 }
 
 async fn run_with<W: Wire>(options: &BenchOptions, workload: Arc<Workload>) -> Result<Report> {
+    preflight(options).await?;
     let mut streams = Vec::with_capacity(options.connections);
     for _ in 0..options.connections {
-        let stream = TcpStream::connect(options.addr).await.map_err(|e| {
-            KvsError::Io(std::io::Error::new(
-                e.kind(),
-                format!("cannot connect to {}: {e}", options.addr),
-            ))
-        })?;
-        stream.set_nodelay(true)?;
-        streams.push(stream);
+        streams.push(crate::net::connect(&options.addr).await?);
     }
 
     let preload = if options.preload {
@@ -143,6 +140,70 @@ async fn run_with<W: Wire>(options: &BenchOptions, workload: Arc<Workload>) -> R
         end.saturating_duration_since(measure_from)
     });
     Ok(Report::new(options, &total, elapsed, preload))
+}
+
+/// One ping in the chosen protocol before the load starts, so a server
+/// that speaks another protocol (or does not answer) is named at once
+/// instead of showing up as frame errors or a run that never ends.
+async fn preflight(options: &BenchOptions) -> Result<()> {
+    let addr = &options.addr;
+    let silent = || {
+        KvsError::Closed(format!(
+            "no answer to a {} PING from {addr} within {}s",
+            options.protocol,
+            PREFLIGHT_WAIT.as_secs()
+        ))
+    };
+    match options.protocol {
+        Protocol::Kvs => {
+            // Any kvs response will do, an error response too: those show
+            // up again, counted, in the run.
+            let mut client = crate::KvsClient::connect(addr).await?;
+            client.queue(&crate::protocol::Request::<&str>::Ping)?;
+            client.flush().await?;
+            tokio::time::timeout(PREFLIGHT_WAIT, client.recv())
+                .await
+                .map_err(|_| silent())?
+                .map(drop)
+        }
+        Protocol::Resp => {
+            let mut stream = crate::net::connect(addr).await?;
+            let reply = tokio::time::timeout(PREFLIGHT_WAIT, async {
+                stream.write_all(b"*1\r\n$4\r\nPING\r\n").await?;
+                let mut buf = Vec::with_capacity(256);
+                while !buf.contains(&b'\n') && buf.len() < 256 {
+                    if stream.read_buf(&mut buf).await? == 0 {
+                        break;
+                    }
+                }
+                Ok::<_, KvsError>(buf)
+            })
+            .await
+            .map_err(|_| silent())??;
+            resp_ping_reply(addr, &reply)
+        }
+    }
+}
+
+/// Judges the reply to a RESP `PING`: any RESP reply will do (an error such
+/// as `-NOAUTH` shows up again, counted, in the run).
+fn resp_ping_reply(addr: &str, reply: &[u8]) -> Result<()> {
+    match reply.first() {
+        None => Err(KvsError::Closed(format!(
+            "the server at {addr} closed the connection without answering a RESP PING"
+        ))),
+        Some(b'+' | b'-') => Ok(()),
+        // A kvs frame header: the length's high byte is 0.
+        Some(0) => Err(KvsError::Protocol(format!(
+            "the server at {addr} answered in kvs's native protocol, not RESP \
+             (use --protocol kvs)"
+        ))),
+        Some(_) => Err(KvsError::Protocol(
+            crate::net::describe_foreign(addr, reply).unwrap_or_else(|| {
+                format!("the server at {addr} answered a RESP PING with something else")
+            }),
+        )),
+    }
 }
 
 /// Writes the whole key space once, split over the connections.

@@ -2,7 +2,6 @@
 //! its command-line flags parse into.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -142,8 +141,9 @@ pub enum Stop {
 pub struct BenchOptions {
     /// Protocol the server speaks.
     pub protocol: Protocol,
-    /// Server address (no host names: nothing is resolved).
-    pub addr: SocketAddr,
+    /// Server address: `HOST:PORT`, `IP:PORT` or `[IPv6]:PORT`, resolved
+    /// for every connection opened ([`crate::net::resolve`]).
+    pub addr: String,
     /// Connections opened, each driven by its own task.
     pub connections: usize,
     /// Requests in flight per connection.
@@ -180,9 +180,7 @@ impl Default for BenchOptions {
     fn default() -> BenchOptions {
         BenchOptions {
             protocol: Protocol::Kvs,
-            addr: crate::DEFAULT_ADDR
-                .parse()
-                .expect("DEFAULT_ADDR is a valid socket address literal"),
+            addr: crate::DEFAULT_ADDR.to_owned(),
             connections: 50,
             pipeline: 1,
             stop: Stop::Duration(Duration::from_secs(10)),

@@ -3,7 +3,6 @@
 //! arguments, runs it, prints the table and sets the exit status.
 
 use std::io::IsTerminal;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -22,9 +21,10 @@ struct Cli {
     /// Protocol the server speaks: kvs or resp (Redis).
     #[arg(long, default_value = "kvs")]
     protocol: Protocol,
-    /// Server address (IP:PORT; host names are not resolved).
+    /// Server address: HOST:PORT, IP:PORT or [IPv6]:PORT (e.g. kvs:4000);
+    /// names are resolved for each connection (/etc/hosts, /etc/resolv.conf).
     #[arg(long, default_value = DEFAULT_ADDR)]
-    addr: SocketAddr,
+    addr: String,
     /// Connections, each with its own stream of requests.
     #[arg(short, long, default_value_t = 50)]
     connections: usize,

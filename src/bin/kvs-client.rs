@@ -1,7 +1,6 @@
 //! `kvs-client`: one command against a kvs server, through
 //! [`kvs::KvsClient`].
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -14,9 +13,11 @@ use kvs::{DEFAULT_ADDR, KvsClient, KvsError};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Server address (IP:PORT; host names are not resolved).
+    /// Server address: HOST:PORT, IP:PORT or [IPv6]:PORT (e.g. localhost:4000,
+    /// kvs:4000); names are resolved on each connection through /etc/hosts
+    /// and /etc/resolv.conf.
     #[arg(long, global = true, env = "KVS_ADDR", default_value = DEFAULT_ADDR)]
-    addr: SocketAddr,
+    addr: String,
     /// Seconds to wait for the server before giving up.
     #[arg(long, global = true, env = "KVS_TIMEOUT", default_value_t = 10)]
     timeout: u64,
@@ -70,7 +71,7 @@ fn main() -> ExitCode {
     };
     let timeout = Duration::from_secs(cli.timeout);
     let outcome = runtime.block_on(async {
-        tokio::time::timeout(timeout, execute(cli.addr, cli.command))
+        tokio::time::timeout(timeout, execute(&cli.addr, cli.command))
             .await
             .unwrap_or_else(|_| {
                 Err(KvsError::Closed(format!(
@@ -93,7 +94,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn execute(addr: SocketAddr, command: Command) -> kvs::Result<()> {
+async fn execute(addr: &str, command: Command) -> kvs::Result<()> {
     let mut client = KvsClient::connect(addr).await?;
     match command {
         Command::Set { key, value, ttl_ms } => match ttl_ms {

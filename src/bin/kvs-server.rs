@@ -2,7 +2,6 @@
 //! [`kvs::server`]; this parses arguments, starts logging and handles
 //! signals.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -17,9 +16,11 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
-    /// Address to listen on (IP:PORT; host names are not resolved).
+    /// Address to listen on: IP:PORT, [IPv6]:PORT or HOST:PORT (a name is
+    /// resolved through /etc/hosts and /etc/resolv.conf; the first address
+    /// is used).
     #[arg(long, env = "KVS_ADDR", default_value = DEFAULT_ADDR)]
-    addr: SocketAddr,
+    addr: String,
     /// Storage engine: kvs (persistent) or memory (cache only).
     #[arg(long, env = "KVS_ENGINE", default_value = "kvs")]
     engine: EngineKind,
@@ -83,8 +84,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = ServerConfig::default();
     config.max_connections = cli.max_connections;
     config.idle_timeout = Duration::from_secs(cli.idle_timeout);
-    let settings = Settings {
-        addr: cli.addr,
+    let mut settings = Settings {
+        // Replaced by the resolved address inside the runtime, below.
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         engine: cli.engine,
         dir,
         sync: cli.sync,
@@ -106,6 +108,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let result = runtime.block_on(async {
+        settings.addr = *kvs::net::resolve(&cli.addr).await?.first().ok_or_else(|| {
+            kvs::KvsError::InvalidInput(format!("`{}` names no address", cli.addr))
+        })?;
         let token = CancellationToken::new();
         watch_signals(token.clone())?;
         kvs::server::serve(settings, token).await

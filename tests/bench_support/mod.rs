@@ -4,7 +4,10 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use kvs::protocol::{ErrorKind, FrameCodec, Response, encode_frame};
@@ -122,5 +125,74 @@ pub async fn resp_responder(stream: TcpStream, fail: bool) {
             }
             out.clear();
         }
+    }
+}
+
+/// A `redis-server` started by this test on a free loopback port, killed
+/// (by its PID) when dropped.
+pub struct Redis {
+    child: Child,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    /// Starts one, or, when `redis-server` is not installed, says
+    /// `SKIPPED` where `cargo test` shows it (straight to the process's
+    /// stderr, which the test harness does not capture) and returns `None`;
+    /// under `CI=true` a missing `redis-server` fails the test instead.
+    pub fn start_or_skip(test: &str) -> Option<Redis> {
+        let redis = Redis::start();
+        if redis.is_none() {
+            let message = format!("SKIPPED: {test}: redis-server is not installed");
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{message} (CI=true: it must be)");
+            }
+            let _ = writeln!(std::io::stderr(), "{message}");
+        }
+        redis
+    }
+
+    fn start() -> Option<Redis> {
+        let installed = Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !installed {
+            return None;
+        }
+        // A free port: bind port 0, note it, release it.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let redis = Redis {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(redis)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
