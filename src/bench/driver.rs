@@ -2,14 +2,18 @@
 //! closed loop (send as replies come back) or open loop (send on a fixed
 //! schedule), and measures each reply.
 //!
-//! Open loop is coordinated-omission free: a request's latency runs from
-//! the time it was *due*, not the time it was written. When the server
-//! stalls and the pipeline is full, requests that fall due wait in the
-//! client and their waiting is counted, as a user's would be. Due times
-//! are kept at full precision; Tokio's timer wakes the connection on
+//! Open loop is coordinated-omission free: a request's latency always runs
+//! from the time it was *due*, never from the time it was written. When
+//! the server stalls and the window is full, or the client itself falls
+//! behind, requests that fall due wait in the client and their waiting is
+//! counted, as a user's would be; how late each went out is recorded apart
+//! ([`SendLag`](super::stats::SendLag)), with the late ones that waited for a full window. Due
+//! times are kept at full precision; Tokio's timer wakes the connection on
 //! millisecond ticks, so a request may leave up to half a millisecond
-//! early (measured from its send time then) or up to about half a
-//! millisecond late (counted, as any client lateness is).
+//! early (still measured from its due time, so it gains nothing). A
+//! `--duration` run stops sending at its end even when requests are still
+//! due: those are counted as unsent, and the report says the schedule was
+//! cut short.
 //!
 //! The loop uses the socket's readiness API (`try_read`/`try_write`) so a
 //! full socket in one direction never blocks the other, and does no
@@ -25,9 +29,10 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::options::OnMiss;
 use super::stats::{Live, Measured};
 use super::wire::{Outcome, Wire};
-use super::workload::{KEY_LEN, Op, Workload, format_key};
+use super::workload::{KEY_LEN, Kind, Op, Source, Workload, format_key};
 use crate::{KvsError, Result};
 
 /// Initial size of both buffers, and the free space kept for a read.
@@ -60,13 +65,17 @@ pub struct Plan {
     pub interval: Option<Duration>,
     /// Offset of the first due time, so connections do not fire together.
     pub first_offset: Duration,
+    /// What follows a GET miss.
+    pub on_miss: OnMiss,
 }
 
 /// A request written or queued whose reply has not been read.
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
     op: Op,
-    /// When it was sent (closed loop) or due (open loop).
+    key: u64,
+    kind: Kind,
+    /// When it was sent (closed loop, fills) or due (open loop).
     since: Instant,
     measured: bool,
 }
@@ -85,17 +94,19 @@ pub async fn drive<W: Wire>(
         wbuf: BytesMut::with_capacity(CHUNK),
         rbuf: BytesMut::with_capacity(CHUNK),
         queue: VecDeque::with_capacity(plan.pipeline),
+        fills: VecDeque::new(),
         measured: Measured::default(),
+        measure_from: plan.measure_from,
     };
     if let Err(e) = conn.run::<W>(&plan, &workload, &live).await {
-        let lost: Vec<Op> = conn
+        let lost: Vec<(Op, Kind)> = conn
             .queue
             .iter()
             .filter(|f| f.measured)
-            .map(|f| f.op)
+            .map(|f| (f.op, f.kind))
             .collect();
-        for op in &lost {
-            conn.measured.lost(*op);
+        for &(op, kind) in &lost {
+            conn.measured.lost(op, kind);
         }
         live.add(0, lost.len() as u64 + 1);
         conn.measured.unmeasured_errors += 1;
@@ -110,33 +121,53 @@ struct Conn {
     wbuf: BytesMut,
     rbuf: BytesMut,
     queue: VecDeque<InFlight>,
+    /// Cache-aside: keys whose GET missed, to be SET before anything else.
+    fills: VecDeque<u64>,
     measured: Measured,
+    measure_from: Instant,
 }
 
 impl Conn {
     async fn run<W: Wire>(&mut self, plan: &Plan, workload: &Workload, live: &Live) -> Result<()> {
-        let mut rng = Workload::rng(plan.seed, plan.id);
+        let mut source = Source::new(plan.seed, plan.id);
         let mut key = [0u8; KEY_LEN];
         let mut next_due = plan.start + plan.first_offset;
         let mut measured_sent = 0u64;
         let mut done = false;
+        // Open loop: the last time a request was due while the window was
+        // full; a late request due at or before it waited for the window.
+        let mut window_full_at: Option<Instant> = None;
         loop {
-            // Fill the pipeline with what may be sent now.
+            let now = Instant::now();
+            // Fills go out even after the last scheduled request, as the
+            // application would still make them.
+            self.send_fills::<W>(workload, plan.pipeline, now, &mut key)?;
             if !done {
-                let now = Instant::now();
                 while self.queue.len() < plan.pipeline {
                     let since = match plan.interval {
                         None => now,
                         Some(_) if next_due > now + TIMER_SLACK => break,
-                        // Sent up to TIMER_SLACK early, since the timer
-                        // only wakes on whole milliseconds; measured from
-                        // the later of the due and the send time, so an
-                        // early send is not credited with the head start.
-                        Some(_) => next_due.max(now),
+                        // Due now or overdue (or up to TIMER_SLACK early,
+                        // since the timer only wakes on whole
+                        // milliseconds): measured from the due time,
+                        // whatever the lateness.
+                        Some(_) => next_due,
                     };
-                    if plan.deadline.is_some_and(|d| since >= d) {
-                        done = true;
-                        break;
+                    if let Some(deadline) = plan.deadline {
+                        if since >= deadline {
+                            done = true;
+                            break;
+                        }
+                        if now >= deadline {
+                            // Still behind at the end: the rest of the
+                            // schedule is cut, and counted.
+                            if let Some(interval) = plan.interval {
+                                self.measured.send.unsent +=
+                                    unsent(next_due, deadline, interval, plan.measure_from);
+                            }
+                            done = true;
+                            break;
+                        }
                     }
                     let measured = since >= plan.measure_from;
                     if measured {
@@ -145,18 +176,33 @@ impl Conn {
                             break;
                         }
                         measured_sent += 1;
+                        if plan.interval.is_some() {
+                            let waited = window_full_at.is_some_and(|at| since <= at);
+                            self.measured
+                                .send
+                                .record(now.saturating_duration_since(since), waited);
+                        }
                     }
-                    let op = workload.next_op(&mut rng);
-                    let key = format_key(workload.next_key(&mut rng), &mut key);
-                    W::encode(op, key, workload.value(), &mut self.wbuf)?;
+                    let (op, index, kind) = source.next(workload);
+                    W::encode(
+                        op,
+                        format_key(index, &mut key),
+                        workload.value(),
+                        &mut self.wbuf,
+                    )?;
                     self.queue.push_back(InFlight {
                         op,
+                        key: index,
+                        kind,
                         since,
                         measured,
                     });
                     if let Some(interval) = plan.interval {
                         next_due += interval;
                     }
+                }
+                if plan.interval.is_some() && self.queue.len() >= plan.pipeline && next_due <= now {
+                    window_full_at = Some(now);
                 }
             }
             if self.queue.is_empty() {
@@ -169,7 +215,12 @@ impl Conn {
             }
             if !self.wbuf.is_empty() {
                 match self.stream.try_write(&self.wbuf) {
-                    Ok(n) => self.wbuf.advance(n),
+                    Ok(n) => {
+                        self.wbuf.advance(n);
+                        if Instant::now() >= self.measure_from {
+                            self.measured.bytes_out += n as u64;
+                        }
+                    }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e.into()),
                 }
@@ -179,7 +230,7 @@ impl Conn {
                 biased;
                 ready = self.stream.readable() => {
                     ready?;
-                    self.read_replies::<W>(live)?;
+                    self.read_replies::<W>(live, plan.on_miss)?;
                 }
                 ready = self.stream.writable(), if !self.wbuf.is_empty() => ready?,
                 () = tokio::time::sleep_until(wake_at(next_due)), if may_send => {}
@@ -187,25 +238,61 @@ impl Conn {
         }
     }
 
+    /// Queues the cache-aside SETs waiting in `fills`, as far as the
+    /// window allows. They are not on the schedule: each is measured from
+    /// when it is sent, as the application would issue it.
+    fn send_fills<W: Wire>(
+        &mut self,
+        workload: &Workload,
+        pipeline: usize,
+        now: Instant,
+        key: &mut [u8; KEY_LEN],
+    ) -> Result<()> {
+        while self.queue.len() < pipeline {
+            let Some(index) = self.fills.pop_front() else {
+                break;
+            };
+            W::encode(
+                Op::Set,
+                format_key(index, key),
+                workload.value(),
+                &mut self.wbuf,
+            )?;
+            self.queue.push_back(InFlight {
+                op: Op::Set,
+                key: index,
+                kind: Kind::Fill,
+                since: now,
+                measured: now >= self.measure_from,
+            });
+        }
+        Ok(())
+    }
+
     /// Reads what has arrived and accounts for every whole reply in it.
-    fn read_replies<W: Wire>(&mut self, live: &Live) -> Result<()> {
+    fn read_replies<W: Wire>(&mut self, live: &Live, on_miss: OnMiss) -> Result<()> {
         if self.rbuf.capacity() - self.rbuf.len() < CHUNK / 2 {
             self.rbuf.reserve(CHUNK);
         }
-        match self.stream.try_read_buf(&mut self.rbuf) {
+        let read = match self.stream.try_read_buf(&mut self.rbuf) {
             Ok(0) => {
                 return Err(KvsError::Closed(
                     "the server closed the connection".to_owned(),
                 ));
             }
-            Ok(_) => {}
+            Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
             Err(e) => return Err(e.into()),
-        }
+        };
         let now = Instant::now();
+        if now >= self.measure_from {
+            self.measured.bytes_in += read as u64;
+        }
         let (mut consumed, mut ops, mut errors) = (0, 0, 0);
         while let Some(&InFlight {
             op,
+            key,
+            kind,
             since,
             measured,
         }) = self.queue.front()
@@ -217,11 +304,14 @@ impl Conn {
             self.queue.pop_front();
             let is_error = matches!(outcome, Outcome::Error(_));
             errors += u64::from(is_error);
+            if on_miss == OnMiss::Set && outcome == Outcome::Miss {
+                self.fills.push_back(key);
+            }
             if measured {
                 ops += 1;
                 self.measured.last_reply = Some(now);
                 self.measured
-                    .record(op, outcome, now.saturating_duration_since(since));
+                    .record(op, kind, outcome, now.saturating_duration_since(since));
             } else if let Outcome::Error(message) = outcome {
                 self.measured.unmeasured_errors += 1;
                 self.measured.note_error(message);
@@ -236,6 +326,17 @@ impl Conn {
         }
         Ok(())
     }
+}
+
+/// Measured requests due from `next_due` up to `deadline`, one every
+/// `interval`: what a cut schedule did not send.
+fn unsent(next_due: Instant, deadline: Instant, interval: Duration, measure_from: Instant) -> u64 {
+    let from = next_due.max(measure_from);
+    if from >= deadline || interval.is_zero() {
+        return 0;
+    }
+    let left = deadline.duration_since(from).as_secs_f64() / interval.as_secs_f64();
+    left.ceil() as u64
 }
 
 /// When to wake for a request due at `due`.

@@ -8,7 +8,10 @@
 //!   recognition per protocol, without per-request allocation.
 //! - [`driver`]: one connection under closed- or open-loop load, latency
 //!   measured from the send time or, open loop, from the due time.
-//! - [`stats`], [`report`]: HDR histograms, counters, the table and JSON.
+//! - [`stats`], [`report`]: HDR histograms, counters, the table, JSON and
+//!   CSV.
+//! - [`verdict`]: whether an open-loop run kept its schedule, and the
+//!   warnings when it did not.
 //!
 //! The harness is deliberately lean (one client thread by default, like
 //! `redis-benchmark`), since the server is the thing measured.
@@ -19,6 +22,7 @@ pub mod options;
 pub mod report;
 pub mod resp;
 pub mod stats;
+pub mod verdict;
 pub mod wire;
 pub mod workload;
 
@@ -30,7 +34,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-pub use options::{BenchOptions, KeyDist, Protocol, Ratio, Stop};
+pub use options::{BenchOptions, KeyDist, OnMiss, Protocol, Ratio, Scan, Stop};
 pub use report::{OpSummary, PreloadSummary, Report};
 
 use driver::Plan;
@@ -121,6 +125,7 @@ async fn run_with<W: Wire>(options: &BenchOptions, workload: Arc<Workload>) -> R
             quota: requests.map(|r| r / n as u64 + u64::from((id as u64) < r % n as u64)),
             interval,
             first_offset: interval.map_or(Duration::ZERO, |i| i.mul_f64(id as f64 / n as f64)),
+            on_miss: options.on_miss,
         };
         let task = driver::drive::<W>(stream, plan, workload.clone(), live.clone());
         tasks.push(tokio::spawn(task));

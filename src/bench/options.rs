@@ -124,6 +124,77 @@ impl fmt::Display for Ratio {
     }
 }
 
+/// What a GET miss is followed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnMiss {
+    /// Nothing.
+    #[default]
+    Nothing,
+    /// A SET of the same key, as a cache-aside (read-through) application
+    /// does: the load shows the hit ratio a cache reaches by itself.
+    Set,
+}
+
+impl FromStr for OnMiss {
+    type Err = KvsError;
+
+    fn from_str(s: &str) -> Result<OnMiss> {
+        match s {
+            "none" | "nothing" => Ok(OnMiss::Nothing),
+            "set" => Ok(OnMiss::Set),
+            _ => Err(invalid(format!(
+                "unknown --on-miss action `{s}` (expected set or none)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for OnMiss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OnMiss::Nothing => "none",
+            OnMiss::Set => "set",
+        })
+    }
+}
+
+/// Periodic one-time scans (`--scan EVERY:LENGTH`): after every `every`
+/// requests of the mix, a connection reads `length` keys it never read
+/// before and never will again, as a batch job scanning a table does. A
+/// cache policy that lets them push out the hot keys loses hit ratio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scan {
+    /// Mix requests between two scans, per connection.
+    pub every: u64,
+    /// GETs per scan.
+    pub length: u64,
+}
+
+impl FromStr for Scan {
+    type Err = KvsError;
+
+    fn from_str(s: &str) -> Result<Scan> {
+        let bad = || {
+            invalid(format!(
+                "bad scan `{s}` (expected EVERY:LENGTH, e.g. 10000:1000)"
+            ))
+        };
+        let (every, length) = s.split_once(':').ok_or_else(bad)?;
+        let every: u64 = every.trim().parse().map_err(|_| bad())?;
+        let length: u64 = length.trim().parse().map_err(|_| bad())?;
+        if every == 0 || length == 0 {
+            return Err(bad());
+        }
+        Ok(Scan { every, length })
+    }
+}
+
+impl fmt::Display for Scan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.every, self.length)
+    }
+}
+
 /// When the measured part of a run ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
@@ -174,6 +245,10 @@ pub struct BenchOptions {
     pub threads: usize,
     /// Print a live progress line on stderr once a second.
     pub progress: bool,
+    /// What follows a GET miss (cache-aside with [`OnMiss::Set`]).
+    pub on_miss: OnMiss,
+    /// Periodic one-time scans mixed into the load.
+    pub scan: Option<Scan>,
 }
 
 impl Default for BenchOptions {
@@ -194,6 +269,8 @@ impl Default for BenchOptions {
             rate: None,
             threads: 1,
             progress: false,
+            on_miss: OnMiss::Nothing,
+            scan: None,
         }
     }
 }
@@ -229,6 +306,12 @@ impl BenchOptions {
             && !(rate.is_finite() && rate > 0.0)
         {
             return Err(invalid("--rate must be a positive number"));
+        }
+        if self.scan.is_some() && self.keys >= MAX_KEYS / 2 {
+            return Err(invalid(format!(
+                "--scan needs one-time keys past the key space: --keys must be under {}",
+                MAX_KEYS / 2
+            )));
         }
         if let KeyDist::Zipf(s) = self.key_dist
             && !(s.is_finite() && s > 0.0)

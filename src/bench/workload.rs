@@ -5,7 +5,7 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 
-use super::options::{BenchOptions, KeyDist, Ratio};
+use super::options::{BenchOptions, KeyDist, MAX_KEYS, Ratio, Scan};
 use crate::{KvsError, Result};
 
 /// Bytes of every key: `key:` and 12 zero-padded decimal digits, the same
@@ -23,6 +23,17 @@ pub enum Op {
     Set,
 }
 
+/// Why a request is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Drawn from the operation mix and the key distribution.
+    Mix,
+    /// A GET of a one-time key, part of a periodic scan (`--scan`).
+    Scan,
+    /// Cache-aside (`--on-miss set`): the SET after a GET that missed.
+    Fill,
+}
+
 /// The shared, immutable description of the load; each connection draws
 /// from it with its own [`SmallRng`].
 #[derive(Debug)]
@@ -31,6 +42,58 @@ pub struct Workload {
     zipf: Option<Zipf<f64>>,
     ratio: Ratio,
     value: String,
+    scan: Option<Scan>,
+    connections: u64,
+}
+
+/// One connection's stream of requests: the mix, with a scan of one-time
+/// keys mixed in periodically when `--scan` asks for it.
+#[derive(Debug)]
+pub struct Source {
+    rng: SmallRng,
+    id: u64,
+    /// Mix requests since the last scan ended.
+    since_scan: u64,
+    /// GETs left in the scan under way.
+    scan_left: u64,
+    /// One-time keys this connection has used so far.
+    scanned: u64,
+}
+
+impl Source {
+    /// The stream of connection `id`, seeded by `seed`.
+    pub fn new(seed: u64, id: usize) -> Source {
+        Source {
+            rng: Workload::rng(seed, id),
+            id: id as u64,
+            since_scan: 0,
+            scan_left: 0,
+            scanned: 0,
+        }
+    }
+
+    /// The next request: operation, key index, and why it is sent.
+    pub fn next(&mut self, w: &Workload) -> (Op, u64, Kind) {
+        if let Some(scan) = w.scan {
+            if self.scan_left == 0 && self.since_scan >= scan.every {
+                self.scan_left = scan.length;
+                self.since_scan = 0;
+            }
+            if self.scan_left > 0 {
+                self.scan_left -= 1;
+                // One-time keys past the key space, interleaved so no two
+                // connections use the same one; wraps only after about
+                // 10^12 / connections scan GETs.
+                let span = MAX_KEYS - w.keys;
+                let index = w.keys + (self.scanned * w.connections + self.id) % span;
+                self.scanned += 1;
+                return (Op::Get, index, Kind::Scan);
+            }
+            self.since_scan += 1;
+        }
+        let op = w.next_op(&mut self.rng);
+        (op, w.next_key(&mut self.rng), Kind::Mix)
+    }
 }
 
 impl Workload {
@@ -48,6 +111,8 @@ impl Workload {
             zipf,
             ratio: options.ratio,
             value: make_value(options.value_size, options.seed),
+            scan: options.scan,
+            connections: options.connections as u64,
         })
     }
 
@@ -168,6 +233,38 @@ mod tests {
         for _ in 0..1000 {
             assert_eq!(gets.next_op(&mut rng), Op::Get);
             assert_eq!(sets.next_op(&mut rng), Op::Set);
+        }
+    }
+
+    #[test]
+    fn scans_are_one_time_keys_at_the_set_period() {
+        let w = Workload::new(&BenchOptions {
+            keys: 1000,
+            connections: 3,
+            key_dist: KeyDist::Zipf(0.99),
+            scan: Some(Scan {
+                every: 100,
+                length: 20,
+            }),
+            ..BenchOptions::default()
+        })
+        .unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for id in 0..3 {
+            let mut source = Source::new(5, id);
+            let kinds: Vec<(Op, u64, Kind)> = (0..1200).map(|_| source.next(&w)).collect();
+            // 100 mix requests, then 20 scan GETs, and again.
+            for (i, (op, key, kind)) in kinds.iter().enumerate() {
+                let scanning = i % 120 >= 100;
+                assert_eq!(*kind == Kind::Scan, scanning, "request {i}");
+                if scanning {
+                    assert_eq!(*op, Op::Get);
+                    assert!(*key >= 1000);
+                    assert!(seen.insert(*key), "scan key {key} used twice");
+                } else {
+                    assert!(*key < 1000);
+                }
+            }
         }
     }
 

@@ -196,3 +196,85 @@ impl Drop for Redis {
         let _ = self.child.wait();
     }
 }
+
+/// Speaks the kvs framing and answers every request `Value(None)` (a GET
+/// miss) after sleeping `delay`, one request at a time: a server with a
+/// known capacity of `1 / delay` requests per second per connection.
+pub async fn kvs_slow_responder(mut stream: TcpStream, delay: Duration) {
+    let mut codec = FrameCodec::new(1 << 24);
+    let mut rbuf = BytesMut::new();
+    let mut wbuf = BytesMut::new();
+    loop {
+        while let Ok(Some(_frame)) = codec.decode(&mut rbuf) {
+            tokio::time::sleep(delay).await;
+            encode_frame(&Response::Value(None), 1 << 24, &mut wbuf).unwrap();
+            if stream.write_all_buf(&mut wbuf).await.is_err() {
+                return;
+            }
+        }
+        match stream.read_buf(&mut rbuf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A `kvs-server` child process on a free loopback port, with the memory
+/// engine; killed (by its PID) when dropped. [`KvsChild::pause`] stops it
+/// with SIGSTOP for a while, as a stalled server.
+pub struct KvsChild {
+    child: Child,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl KvsChild {
+    pub fn start() -> KvsChild {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kvs-server"))
+            .args(["--addr", &addr.to_string(), "--engine", "memory"])
+            .args(["--log-level", "warn"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = KvsChild {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "kvs-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// SIGSTOP now, SIGCONT after `stall`.
+    pub async fn pause(&self, stall: Duration) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on the PID of a child this test started and has
+        // not reaped (it is reaped only in Drop).
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        tokio::time::sleep(stall).await;
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    }
+}
+
+impl Drop for KvsChild {
+    fn drop(&mut self) {
+        // SAFETY: as in `pause`; a stopped child must be continued to die
+        // of a later signal promptly. SIGKILL works on a stopped process,
+        // but SIGCONT first keeps the order obvious.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGCONT) };
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
