@@ -1,0 +1,176 @@
+//! The background threads: compaction (and the retirement of cleared
+//! segments, and the expiry sweep) on one thread, the every-second sync on
+//! another.
+
+use std::ops::Bound;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::Duration;
+
+use super::Core;
+use super::compaction;
+use super::index::{self, now_ms};
+use super::segment::SegmentId;
+use super::writer::Writer;
+use crate::{KvsError, Result};
+
+/// Who waits for a background job's result, if anyone.
+pub(super) type Reply = Option<Sender<Result<()>>>;
+
+/// Work for the compaction thread, which runs one job at a time so that
+/// compaction and the retirement of cleared segments never interleave.
+pub(super) enum Job {
+    /// Compact every segment older than the active one.
+    Compact(Reply),
+    /// Delete every segment below this id, once everything written is
+    /// durable: they precede a durable `Clear` record (see `clear`).
+    Retire(SegmentId, Reply),
+}
+
+/// Index entries the expiry sweep looks at per tick of the compaction
+/// thread (once a second).
+const SWEEP_BATCH: usize = 10_000;
+
+/// Pause after a failed automatic compaction.
+const COMPACTION_RETRY_MS: u64 = 30_000;
+
+impl Core {
+    pub(super) fn request(&self, job: Job) -> bool {
+        let tx = self.compact_tx.lock().unwrap_or_else(|p| p.into_inner());
+        match tx.as_ref() {
+            Some(tx) => tx.send(job).is_ok(),
+            None => false,
+        }
+    }
+
+    pub(super) fn maybe_compact(&self, w: &Writer) {
+        if !self.opts.auto_compact {
+            return;
+        }
+        let failed_at = self.compaction_failed_at.load(Ordering::Relaxed);
+        if failed_at != 0 && now_ms().saturating_sub(failed_at) < COMPACTION_RETRY_MS {
+            return;
+        }
+        let stale = w.disk_bytes.saturating_sub(w.live_bytes);
+        let limit = w.live_bytes as f64 * self.opts.compaction_stale_ratio
+            + self.opts.compaction_min_stale_bytes as f64;
+        if stale as f64 > limit
+            && !self.compaction_pending.swap(true, Ordering::AcqRel)
+            && !self.request(Job::Compact(None))
+        {
+            self.compaction_pending.store(false, Ordering::Release);
+        }
+    }
+
+    /// Drops expired keys from the index, looking at up to [`SWEEP_BATCH`]
+    /// entries after `cursor`; returns where the next sweep starts. No
+    /// tombstone is needed: the record carries its expiry, so recovery
+    /// and compaction drop it too.
+    fn sweep_expired(&self, cursor: Option<String>) -> Option<String> {
+        let now = now_ms();
+        let mut found = Vec::new();
+        let mut e = match &cursor {
+            Some(k) => self.index.lower_bound(Bound::Excluded(k.as_str())),
+            None => self.index.front(),
+        };
+        let mut last = None;
+        for _ in 0..SWEEP_BATCH {
+            let Some(entry) = e else {
+                last = None;
+                break;
+            };
+            let loc = entry.value().load();
+            if loc.expired_at(now) {
+                found.push((entry.key().clone(), loc));
+            }
+            last = Some(entry.key().clone());
+            e = entry.next();
+        }
+        if !found.is_empty() {
+            let mut w = self.lock_writer();
+            for (key, loc) in found {
+                if let Some(entry) = self.index.get(key.as_str())
+                    && entry.value().load() == loc
+                    && entry.remove()
+                {
+                    w.live_bytes = w.live_bytes.saturating_sub(loc.len as u64);
+                    w.index_bytes = w.index_bytes.saturating_sub(index::entry_bytes(&key));
+                    self.expired.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            self.maybe_compact(&w);
+        }
+        last
+    }
+}
+
+/// The background thread: runs compactions and clear retirements in
+/// request order, and sweeps expired keys once a second.
+pub(super) fn compactor(core: Arc<Core>, rx: Receiver<Job>) {
+    let mut cursor = None;
+    loop {
+        let job = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                cursor = core.sweep_expired(cursor);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        match job {
+            Job::Compact(reply) => {
+                let r = compact_once(&core);
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            }
+            Job::Retire(below, reply) => {
+                let r = compaction::retire_below(&core, below);
+                if let Err(e) = &r {
+                    tracing::error!(error = %e, dir = %core.dir.display(), "deleting cleared segments failed");
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            }
+        }
+    }
+}
+
+fn compact_once(core: &Core) -> Result<()> {
+    let lsn_before = core.lock_writer().lsn;
+    let r = compaction::run(core);
+    core.compaction_pending.store(false, Ordering::Release);
+    // Writes made while it ran found a compaction pending and asked for
+    // none; if they pushed the stale bytes over the threshold again,
+    // queue the next one now rather than at some later write.
+    let w = core.lock_writer();
+    if w.lsn != lsn_before {
+        core.maybe_compact(&w);
+    }
+    drop(w);
+    match &r {
+        Ok(()) => core.compaction_failed_at.store(0, Ordering::Relaxed),
+        Err(KvsError::Closed(_)) => {}
+        Err(e) => {
+            core.compaction_failed_at.store(now_ms(), Ordering::Relaxed);
+            core.compaction_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, dir = %core.dir.display(), "compaction failed");
+        }
+    }
+    r
+}
+
+pub(super) fn syncer(core: Arc<Core>, stop: Receiver<()>) {
+    loop {
+        match stop.recv_timeout(Duration::from_secs(1)) {
+            Err(RecvTimeoutError::Timeout) => {
+                if let Err(e) = core.sync_all() {
+                    tracing::error!(error = %e, dir = %core.dir.display(), "background fsync failed");
+                }
+            }
+            _ => return,
+        }
+    }
+}

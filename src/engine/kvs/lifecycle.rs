@@ -1,0 +1,137 @@
+//! Opening (lock, recovery, threads) and closing (join, sync, trim) a
+//! `KvStore`.
+
+use std::cell::RefCell;
+use std::fs::OpenOptions;
+use std::fs::TryLockError;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use super::background::{compactor, syncer};
+use super::index::Index;
+use super::reader::Reader;
+use super::writer::{self, GroupCommit, Writer};
+use super::{Core, KvStore, Options, SyncMode, recovery};
+use crate::{KvsError, Result};
+
+/// Owned by every clone through an `Arc`: when the last clone goes, it stops
+/// and joins the background threads, then syncs, then the lock is released.
+pub(super) struct Guard {
+    pub(super) core: Arc<Core>,
+    stop_syncer: Option<Sender<()>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.core.stopping.store(true, Ordering::Release);
+        self.core
+            .compact_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.stop_syncer.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if self.core.opts.sync != SyncMode::Never
+            && let Err(e) = self.core.sync_all()
+        {
+            tracing::error!(error = %e, dir = %self.core.dir.display(), "final sync failed");
+        }
+        // NOTE: the reserved, unwritten end of the active segment is cut
+        // off, so the next open need not read it to prove it is all zeros
+        // (up to `segment_max_bytes` of reading); the open reserves it again.
+        // Every clone is gone and the threads are joined: nothing else maps
+        // the file.
+        if let Err(e) = self.core.lock_writer().trim() {
+            tracing::warn!(error = %e, dir = %self.core.dir.display(), "cannot trim the active segment");
+        }
+    }
+}
+
+impl KvStore {
+    /// Opens (or creates) the store in directory `path` with default options.
+    pub fn open(path: impl Into<PathBuf>) -> Result<KvStore> {
+        KvStore::open_with(path, Options::default())
+    }
+
+    /// Opens (or creates) the store in directory `path`.
+    pub fn open_with(path: impl Into<PathBuf>, opts: Options) -> Result<KvStore> {
+        let dir = path.into();
+        std::fs::create_dir_all(&dir)?;
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("LOCK"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(KvsError::Locked { dir }),
+            Err(TryLockError::Error(e)) => return Err(e.into()),
+        }
+        let index = Index::new();
+        let rec = recovery::recover(&dir, &index, opts.segment_max_bytes)?;
+        tracing::debug!(dir = %dir.display(), keys = index.len(), active = rec.active, "store opened");
+        let writer = Writer {
+            active: rec.active,
+            map: writer::map_active(&rec.file)?,
+            segment_size: opts.segment_max_bytes,
+            file: Arc::new(rec.file),
+            pos: rec.pos,
+            lsn: 0,
+            disk_bytes: rec.disk_bytes,
+            live_bytes: rec.live_bytes,
+            index_bytes: rec.index_bytes,
+            buf: Vec::new(),
+        };
+        let (compact_tx, compact_rx) = mpsc::channel();
+        let core = Arc::new(Core {
+            dir,
+            opts,
+            index,
+            writer: Mutex::new(writer),
+            commit: GroupCommit::default(),
+            retired_below: AtomicU32::new(0),
+            stopping: AtomicBool::new(false),
+            compaction_pending: AtomicBool::new(false),
+            compaction_failed_at: AtomicU64::new(0),
+            compact_tx: Mutex::new(Some(compact_tx)),
+            compaction_failures: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+            _lock: lock,
+        });
+
+        let mut threads = Vec::new();
+        let c = Arc::clone(&core);
+        threads.push(
+            std::thread::Builder::new()
+                .name("kvs-compactor".into())
+                .spawn(move || compactor(c, compact_rx))?,
+        );
+        let mut stop_syncer = None;
+        if core.opts.sync == SyncMode::EverySec {
+            let (tx, rx) = mpsc::channel();
+            let c = Arc::clone(&core);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("kvs-syncer".into())
+                    .spawn(move || syncer(c, rx))?,
+            );
+            stop_syncer = Some(tx);
+        }
+        let guard = Arc::new(Guard {
+            core,
+            stop_syncer,
+            threads,
+        });
+        Ok(KvStore {
+            guard,
+            reader: RefCell::new(Reader::default()),
+        })
+    }
+}
