@@ -113,20 +113,28 @@ pub(super) fn compactor(core: Arc<Core>, rx: Receiver<Job>) {
         let job = match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(job) => job,
             Err(RecvTimeoutError::Timeout) => {
-                cursor = core.sweep_expired(cursor);
+                let c = cursor.take();
+                cursor = catch("expiry sweep", &core, || Ok(core.sweep_expired(c))).unwrap_or(None);
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => return,
         };
         match job {
             Job::Compact(reply) => {
-                let r = compact_once(&core);
+                let r = catch("compaction", &core, || compact_once(&core));
+                if r.is_err() {
+                    // Also after a panic, so the next threshold crossing
+                    // asks again.
+                    core.compaction_pending.store(false, Ordering::Release);
+                }
                 if let Some(reply) = reply {
                     let _ = reply.send(r);
                 }
             }
             Job::Retire(below, reply) => {
-                let r = compaction::retire_below(&core, below);
+                let r = catch("deleting cleared segments", &core, || {
+                    compaction::retire_below(&core, below)
+                });
                 if let Err(e) = &r {
                     tracing::error!(error = %e, dir = %core.dir.display(), "deleting cleared segments failed");
                 }
@@ -134,6 +142,26 @@ pub(super) fn compactor(core: Arc<Core>, rx: Receiver<Job>) {
                     let _ = reply.send(r);
                 }
             }
+        }
+    }
+}
+
+/// Runs `f`, turning a panic into an error (logged and counted in
+/// `compaction_failures`), so one bad job does not take the thread and
+/// every later compaction with it.
+fn catch<T>(what: &str, core: &Core, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            core.compaction_failures.fetch_add(1, Ordering::Relaxed);
+            core.compaction_failed_at.store(now_ms(), Ordering::Relaxed);
+            tracing::error!(dir = %core.dir.display(), panic = %msg, "{what} panicked; the thread goes on");
+            Err(KvsError::TaskPanicked(format!("{what}: {msg}")))
         }
     }
 }

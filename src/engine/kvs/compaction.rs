@@ -17,6 +17,9 @@ use crate::{KvsError, Result};
 const PUBLISH_CHUNK: usize = 1024;
 
 fn fail_if(core: &Core, here: FailPoint) -> Result<()> {
+    if here == FailPoint::Start && core.opts.fail_point == Some(FailPoint::Panic) {
+        panic!("injected compaction panic");
+    }
     if core.opts.fail_point == Some(here) {
         return Err(KvsError::Io(std::io::Error::other(format!(
             "injected crash at {here:?}"
@@ -27,6 +30,7 @@ fn fail_if(core: &Core, here: FailPoint) -> Result<()> {
 
 /// Runs one compaction.
 pub fn run(core: &Core) -> Result<()> {
+    fail_if(core, FailPoint::Start)?;
     // Step 1: seal the active segment; `out` sorts after every input.
     let (out, lsn) = {
         let mut w = core.lock_writer();
@@ -53,11 +57,11 @@ pub fn run(core: &Core) -> Result<()> {
 
     // Step 3: make the output durable under its real name.
     let final_path = segment::path(&core.dir, out);
-    fs::rename(&tmp, &final_path)?;
+    fs::rename(&tmp, &final_path).map_err(segment::io_at("rename compaction output", &tmp))?;
     // Counted as soon as it exists, so a compaction that fails after this
     // point leaves the books matching the files.
     core.lock_writer().disk_bytes += copied.out_len;
-    segment::sync_dir(&core.dir)?;
+    segment::sync_dir(&core.dir).map_err(segment::io_at("sync directory", &core.dir))?;
     fail_if(core, FailPoint::BeforePublish)?;
 
     // Step 4: publish, in chunks, only entries nobody changed meanwhile.
@@ -115,12 +119,12 @@ fn delete_oldest_first(
             fail_if(core, fail_point)?;
         }
         let p = segment::path(&core.dir, id);
-        let size = fs::metadata(&p)?.len();
-        fs::remove_file(&p)?;
+        let size = fs::metadata(&p).map_err(segment::io_at("stat", &p))?.len();
+        fs::remove_file(&p).map_err(segment::io_at("delete", &p))?;
         // NOTE: one directory sync per unlink: recovery relies on the
         // segments left after a crash being the newest ones, which needs the
         // unlinks to reach the disk in order on any file system.
-        segment::sync_dir(&core.dir)?;
+        segment::sync_dir(&core.dir).map_err(segment::io_at("sync directory", &core.dir))?;
         freed += size;
         let mut w = core.lock_writer();
         w.disk_bytes = w.disk_bytes.saturating_sub(size);
@@ -157,9 +161,17 @@ struct Copied {
 }
 
 fn copy_live(core: &Core, out: SegmentId, tmp: &std::path::Path) -> Result<Copied> {
-    let file = OpenOptions::new().write(true).create_new(true).open(tmp)?;
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .map_err(segment::io_at("create", tmp))?;
     let mut bw = BufWriter::with_capacity(1 << 20, file);
-    bw.write_all(&record::segment_header())?;
+    let mut crc = crc32fast::Hasher::new();
+    let header = record::segment_header();
+    bw.write_all(&header)
+        .map_err(segment::io_at("write", tmp))?;
+    crc.update(&header);
     let mut pos = SEGMENT_HEADER_LEN;
     let mut handles: HashMap<SegmentId, File> = HashMap::new();
     let mut moved = Vec::new();
@@ -182,7 +194,8 @@ fn copy_live(core: &Core, out: SegmentId, tmp: &std::path::Path) -> Result<Copie
         let f = match handles.get(&old.seg) {
             Some(f) => f,
             None => {
-                let f = File::open(segment::path(&core.dir, old.seg))?;
+                let p = segment::path(&core.dir, old.seg);
+                let f = File::open(&p).map_err(segment::io_at("open segment", &p))?;
                 handles.entry(old.seg).or_insert(f)
             }
         };
@@ -194,7 +207,8 @@ fn copy_live(core: &Core, out: SegmentId, tmp: &std::path::Path) -> Result<Copie
             Some(entry.key()),
             &mut buf,
         )?;
-        bw.write_all(&buf)?;
+        bw.write_all(&buf).map_err(segment::io_at("write", tmp))?;
+        crc.update(&buf);
         moved.push((
             entry.key().clone(),
             old,
@@ -206,8 +220,15 @@ fn copy_live(core: &Core, out: SegmentId, tmp: &std::path::Path) -> Result<Copie
         ));
         pos += old.len as u64;
     }
-    let file = bw.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
+    // Sealed like every segment but the newest: recovery can tell the
+    // output whole from one cut at a record boundary.
+    buf.clear();
+    pos += record::encode_seal(&mut buf, pos, crc.finalize()) as u64;
+    bw.write_all(&buf).map_err(segment::io_at("write", tmp))?;
+    let file = bw
+        .into_inner()
+        .map_err(|e| segment::io_at("write", tmp)(e.into_error()))?;
+    file.sync_all().map_err(segment::io_at("sync", tmp))?;
     Ok(Copied {
         moved,
         out_len: pos,

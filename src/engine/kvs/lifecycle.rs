@@ -14,7 +14,7 @@ use super::background::{compactor, syncer};
 use super::index::Index;
 use super::reader::Reader;
 use super::writer::{self, GroupCommit, Writer};
-use super::{Core, KvStore, Options, SyncMode, recovery};
+use super::{Core, KvStore, Options, SyncMode, recovery, segment};
 use crate::{KvsError, Result};
 
 /// Owned by every clone through an `Arc`: when the last clone goes, it stops
@@ -60,26 +60,45 @@ impl KvStore {
     }
 
     /// Opens (or creates) the store in directory `path`.
+    ///
+    /// The store assumes it is the only writer of the directory's files
+    /// while open (the `LOCK` file keeps other kvs processes out): segments
+    /// are memory-mapped, and another process truncating one would make
+    /// reads of it fault (SIGBUS) instead of failing with an error, and one
+    /// rewriting records would change values after their checksum was
+    /// checked. Damage done while the store is closed is detected on open:
+    /// records carry checksums and sealed segments carry a seal.
+    ///
+    /// Errors name the file and the operation that failed. A full disk does
+    /// not stop the open: reads are served and writes fail with
+    /// [`KvsError::ReadOnly`] until space is freed.
     pub fn open_with(path: impl Into<PathBuf>, opts: Options) -> Result<KvStore> {
         let dir = path.into();
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&dir).map_err(segment::io_at("create directory", &dir))?;
+        let lock_path = dir.join("LOCK");
         let lock = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(dir.join("LOCK"))?;
+            .open(&lock_path)
+            .map_err(segment::io_at("open", &lock_path))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => return Err(KvsError::Locked { dir }),
-            Err(TryLockError::Error(e)) => return Err(e.into()),
+            Err(TryLockError::Error(e)) => return Err(segment::io_at("lock", &lock_path)(e).into()),
         }
         let index = Index::new();
         let rec = recovery::recover(&dir, &index, opts.segment_max_bytes)?;
         tracing::debug!(dir = %dir.display(), keys = index.len(), active = rec.active, "store opened");
+        let map = if rec.sealed {
+            None
+        } else {
+            writer::map_active(&rec.file, rec.pos, &segment::path(&dir, rec.active))?
+        };
         let writer = Writer {
             active: rec.active,
-            map: writer::map_active(&rec.file)?,
+            map,
             segment_size: opts.segment_max_bytes,
             file: Arc::new(rec.file),
             pos: rec.pos,
@@ -88,6 +107,8 @@ impl KvStore {
             live_bytes: rec.live_bytes,
             index_bytes: rec.index_bytes,
             buf: Vec::new(),
+            crc: crc32fast::Hasher::new_with_initial(rec.crc),
+            sealed: rec.sealed,
         };
         let (compact_tx, compact_rx) = mpsc::channel();
         let core = Arc::new(Core {

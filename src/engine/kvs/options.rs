@@ -73,6 +73,10 @@ pub enum FailPoint {
     BeforePublish,
     /// Published, and the oldest input deleted; the others remain.
     AfterFirstDelete,
+    /// Before a compaction does anything.
+    Start,
+    /// The compaction panics at its start.
+    Panic,
     /// `clear`: the `Clear` record is durable; no old segment deleted.
     ClearBeforeRetire,
     /// `clear`: the oldest old segment deleted; the others remain.

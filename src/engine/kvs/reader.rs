@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io;
 use std::sync::atomic::Ordering;
 
-use memmap2::Mmap;
+use memmap2::{MmapOptions, MmapRaw};
 
 use super::Core;
 use super::index::Loc;
@@ -24,7 +24,7 @@ const MAX_RETRIES: usize = 16;
 /// made on first use.
 #[derive(Default)]
 pub struct Reader {
-    maps: HashMap<SegmentId, Mmap>,
+    maps: HashMap<SegmentId, MmapRaw>,
     seen_retired_below: SegmentId,
 }
 
@@ -39,7 +39,7 @@ impl Reader {
     }
 
     /// The map of segment `id`, covering at least `end` bytes.
-    fn map(&mut self, core: &Core, id: SegmentId, end: usize) -> io::Result<&Mmap> {
+    fn map(&mut self, core: &Core, id: SegmentId, end: usize) -> io::Result<&MmapRaw> {
         // A map made before the file grew (a reopened store extends its
         // newest segment) is made again.
         if self.maps.get(&id).is_some_and(|m| m.len() < end) {
@@ -49,11 +49,9 @@ impl Reader {
             MapEntry::Occupied(e) => Ok(e.into_mut()),
             MapEntry::Vacant(v) => {
                 let file = File::open(segment::path(&core.dir, id))?;
-                // SAFETY: readers only read records the index published; the writer
-                // never writes those bytes again, and segments are only truncated
-                // past their records (sealing) or deleted, which leaves existing maps
-                // valid for the bytes read here.
-                let map = unsafe { Mmap::map(&file)? };
+                // A raw read-only map: pointers only, never a `&[u8]` over
+                // bytes the writer may be storing into.
+                let map = MmapOptions::new().map_raw_read_only(&file)?;
                 Ok(v.insert(map))
             }
         }
@@ -99,8 +97,15 @@ impl Reader {
         if end > map.len() {
             return Err(corrupt("index points past the end of the segment"));
         }
-        // SAFETY: in bounds (checked above). Only this record's bytes are
-        // borrowed: the writer may be storing past them in the same file.
+        // SAFETY: `start..end` is inside the mapping (checked above), which
+        // `self.maps` keeps alive while `rec` is used. Only this record's
+        // bytes are borrowed, and nothing writes them while the borrow
+        // lives: the index published them after the writer stored them, the
+        // writer only stores past published records, and segments are only
+        // truncated past their records (sealing) or deleted (which leaves
+        // existing maps valid). Assumed outside the process: nobody else
+        // truncates or rewrites segment files while the store is open (see
+        // `KvStore::open`); a truncation would fault here (SIGBUS).
         let rec = unsafe { std::slice::from_raw_parts(map.as_ptr().add(start), end - start) };
         let h = segment::check_record(rec, Some(key)).map_err(corrupt)?;
         let value = &rec[RECORD_HEADER_LEN + h.key_len..];

@@ -2,12 +2,19 @@
 
 /// First bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 4] = *b"KVSL";
-/// Format version written after the magic.
-pub const FORMAT_VERSION: u16 = 1;
+/// Format version written after the magic. Version 2 seals every segment
+/// but the newest with a [`Kind::Seal`] record.
+pub const FORMAT_VERSION: u16 = 2;
+/// The oldest version still read: version 1 segments have no seal.
+pub const OLDEST_VERSION: u16 = 1;
 /// Size of the segment header: magic, version, reserved.
 pub const SEGMENT_HEADER_LEN: u64 = 8;
 /// Size of the fixed record header: crc, kind, key_len, value_len, expires_at.
 pub const RECORD_HEADER_LEN: usize = 21;
+/// Length of a seal's value: the covered length (u64) and crc (u32).
+pub const SEAL_VALUE_LEN: usize = 12;
+/// Length of a whole seal record.
+pub const SEAL_RECORD_LEN: u64 = (RECORD_HEADER_LEN + SEAL_VALUE_LEN) as u64;
 /// Longest key accepted.
 pub const MAX_KEY_LEN: usize = 64 << 10;
 /// Longest value accepted.
@@ -23,6 +30,9 @@ pub enum Kind {
     /// Every record before this one in log order is dead (`clear`); key
     /// and value are empty.
     Clear = 3,
+    /// The last record of a sealed segment: its value is the length of
+    /// the segment before the seal and the CRC-32 of those bytes.
+    Seal = 4,
 }
 
 impl TryFrom<u8> for Kind {
@@ -33,6 +43,7 @@ impl TryFrom<u8> for Kind {
             1 => Ok(Kind::Put),
             2 => Ok(Kind::Tombstone),
             3 => Ok(Kind::Clear),
+            4 => Ok(Kind::Seal),
             other => Err(other),
         }
     }
@@ -54,16 +65,35 @@ pub enum HeaderError {
     Version(u16),
 }
 
-/// Checks a segment header.
-pub fn check_segment_header(h: &[u8; SEGMENT_HEADER_LEN as usize]) -> Result<(), HeaderError> {
+/// Checks a segment header; returns its format version.
+pub fn check_segment_header(h: &[u8; SEGMENT_HEADER_LEN as usize]) -> Result<u16, HeaderError> {
     if h[..4] != SEGMENT_MAGIC {
         return Err(HeaderError::BadMagic);
     }
     let version = u16::from_le_bytes([h[4], h[5]]);
-    if version != FORMAT_VERSION {
+    if !(OLDEST_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(HeaderError::Version(version));
     }
-    Ok(())
+    Ok(version)
+}
+
+/// Appends a seal record covering `covered_len` bytes whose CRC-32 is
+/// `crc`; returns its length ([`SEAL_RECORD_LEN`]).
+pub fn encode_seal(buf: &mut Vec<u8>, covered_len: u64, crc: u32) -> usize {
+    let mut v = [0u8; SEAL_VALUE_LEN];
+    v[..8].copy_from_slice(&covered_len.to_le_bytes());
+    v[8..].copy_from_slice(&crc.to_le_bytes());
+    encode(buf, Kind::Seal, b"", &v, 0)
+}
+
+/// The covered length and crc in a seal's value (exactly
+/// [`SEAL_VALUE_LEN`] bytes, which `Header::decode` checked).
+pub fn decode_seal(value: &[u8]) -> (u64, u32) {
+    let mut l = [0u8; 8];
+    l.copy_from_slice(&value[..8]);
+    let mut c = [0u8; 4];
+    c.copy_from_slice(&value[8..12]);
+    (u64::from_le_bytes(l), u32::from_le_bytes(c))
 }
 
 /// Appends one encoded record to `buf` and returns its length.
@@ -113,6 +143,9 @@ impl Header {
         }
         if kind == Kind::Clear && (key_len != 0 || value_len != 0) {
             return Err("clear record with a key or value".to_string());
+        }
+        if kind == Kind::Seal && (key_len != 0 || value_len != SEAL_VALUE_LEN) {
+            return Err("seal record of the wrong size".to_string());
         }
         let mut e = [0u8; 8];
         e.copy_from_slice(&b[13..21]);

@@ -32,6 +32,11 @@ pub struct Recovered {
     pub live_bytes: u64,
     /// Estimated memory of the index ([`index::entry_bytes`] summed).
     pub index_bytes: u64,
+    /// CRC-32 of the active segment's bytes up to `pos`.
+    pub crc: u32,
+    /// The newest segment is sealed (a crash between sealing it and
+    /// creating the next): the first write starts a new one.
+    pub sealed: bool,
 }
 
 /// The last record of each key in one segment, sorted by key.
@@ -42,6 +47,9 @@ struct Scanned {
     /// the last one, and every older segment is dead.
     cleared: bool,
     end: ScanEnd,
+    version: u16,
+    sealed: bool,
+    crc: u32,
 }
 
 /// Scans every segment of `dir` into `index` (which must be empty). See
@@ -49,7 +57,8 @@ struct Scanned {
 pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered> {
     let ids = segment::list_and_clean(dir)?;
     let Some(&newest) = ids.last() else {
-        let file = segment::create(dir, 1, segment_size)?;
+        let need = SEGMENT_HEADER_LEN + record::SEAL_RECORD_LEN;
+        let file = segment::create(dir, 1, segment_size, need)?;
         return Ok(Recovered {
             active: 1,
             file,
@@ -57,27 +66,32 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
             disk_bytes: SEGMENT_HEADER_LEN,
             live_bytes: 0,
             index_bytes: 0,
+            crc: crc32fast::hash(&record::segment_header()),
+            sealed: false,
         });
     };
 
     let mut scanned = scan_parallel(dir, &ids)?;
     let mut disk_bytes = 0;
     let mut newest_len = 0;
+    let mut newest_crc = 0;
+    let mut newest_sealed = false;
     for s in &mut scanned {
         let p = segment::path(dir, s.id);
-        let len = match &s.end {
-            ScanEnd::Clean { len } => *len,
+        let (len, crc) = match &s.end {
+            ScanEnd::Clean { len } => (*len, s.crc),
             ScanEnd::Bad {
                 offset,
                 reason,
                 len,
-            } if s.id == newest => newest_tail(&p, *offset, reason, *len)?,
-            // An unsealed reserved end (zeros only) holds no records, in any
-            // segment; anything else in an older segment is damage.
+            } if s.id == newest => newest_tail(&p, *offset, reason, *len, s.crc)?,
+            // A reserved end (zeros only) holds no records, in any segment
+            // (an older one may have one from before segments were
+            // sealed); anything else in an older segment is damage.
             ScanEnd::Bad { offset, len, .. }
                 if *offset >= SEGMENT_HEADER_LEN && segment::zero_from(&p, *offset, *len)? =>
             {
-                *offset
+                (*offset, s.crc)
             }
             ScanEnd::Bad { offset, reason, .. } => {
                 return Err(KvsError::Corrupt {
@@ -87,9 +101,26 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
                 });
             }
         };
+        if s.id != newest && s.version >= 2 && !s.sealed {
+            // NOTE: every segment but the newest was sealed before the next
+            // one was created (or before a compaction output got its name),
+            // so a missing seal means the file lost its end: refuse rather
+            // than silently lose the keys that were there.
+            return Err(KvsError::Corrupt {
+                path: p,
+                offset: len,
+                reason: format!(
+                    "sealed segment has no valid seal: it ends after {len} bytes at a record \
+                     boundary, so it was cut short or its end was replaced; restore it from a \
+                     backup (or move it away to accept losing its keys)"
+                ),
+            });
+        }
         disk_bytes += len;
         if s.id == newest {
             newest_len = len;
+            newest_crc = crc;
+            newest_sealed = s.sealed;
         }
     }
 
@@ -119,11 +150,15 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
         }
         (live_bytes, index_bytes)
     });
+    let p = segment::path(dir, newest);
     let file = OpenOptions::new()
         .read(true)
         .write(true)
-        .open(segment::path(dir, newest))?;
-    segment::reserve(&file, segment_size.max(newest_len))?;
+        .open(&p)
+        .map_err(segment::io_at("open for writing", &p))?;
+    if !newest_sealed {
+        reserve_newest(dir, &p, &file, segment_size, newest_len)?;
+    }
     Ok(Recovered {
         active: newest,
         file,
@@ -131,7 +166,31 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
         disk_bytes,
         live_bytes,
         index_bytes,
+        crc: newest_crc,
+        sealed: newest_sealed,
     })
+}
+
+/// Reserves the rest of the newest segment again (closing cut it off). On a
+/// full disk it reserves what fits, or nothing: the store still opens and
+/// serves reads, and writes fail with `ReadOnly` until space returns.
+fn reserve_newest(dir: &Path, p: &Path, file: &File, segment_size: u64, used: u64) -> Result<()> {
+    let want = segment_size.max(used);
+    let free = segment::free_bytes(dir).unwrap_or(u64::MAX);
+    let target = want.min(used + free / 2);
+    match segment::reserve(file, target) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+            tracing::error!(
+                file = %p.display(),
+                wanted_bytes = target - used,
+                free_bytes = free,
+                "disk full: no room to reserve the active segment; serving reads, writes fail until space is freed"
+            );
+            Ok(())
+        }
+        Err(e) => Err(segment::io_at("reserve space for", p)(e).into()),
+    }
 }
 
 /// Scans the segments on up to one thread per CPU; results in `ids` order.
@@ -171,7 +230,7 @@ fn scan_parallel(dir: &Path, ids: &[SegmentId]) -> Result<Vec<Scanned>> {
 fn scan_one(dir: &Path, id: SegmentId) -> Result<Scanned> {
     let mut records = Vec::new();
     let mut cleared = false;
-    let end = segment::scan(&segment::path(dir, id), |rec| {
+    let scan = segment::scan(&segment::path(dir, id), |rec| {
         if rec.header.kind == Kind::Clear {
             records.clear();
             cleared = true;
@@ -198,7 +257,10 @@ fn scan_one(dir: &Path, id: SegmentId) -> Result<Scanned> {
         id,
         records: latest,
         cleared,
-        end,
+        end: scan.end,
+        version: scan.version,
+        sealed: scan.sealed,
+        crc: scan.crc,
     })
 }
 
@@ -247,7 +309,7 @@ fn merge(scanned: Vec<Scanned>, mut emit: impl FnMut(String, Loc)) {
 
 /// Decides what the bad bytes at `offset` of the newest segment are, and
 /// returns the segment's used length.
-fn newest_tail(p: &Path, offset: u64, reason: &str, len: u64) -> Result<u64> {
+fn newest_tail(p: &Path, offset: u64, reason: &str, len: u64, crc: u32) -> Result<(u64, u32)> {
     let corrupt = |reason: String| KvsError::Corrupt {
         path: p.to_path_buf(),
         offset,
@@ -258,20 +320,21 @@ fn newest_tail(p: &Path, offset: u64, reason: &str, len: u64) -> Result<u64> {
         // header, or reserved but still all zeros; anything else is a
         // damaged header in front of records that may matter.
         if len < SEGMENT_HEADER_LEN || segment::zero_from(p, 0, len)? {
-            return cut_tail(p, 0, reason, len);
+            let new_len = cut_tail(p, 0, reason, len)?;
+            return Ok((new_len, crc32fast::hash(&record::segment_header())));
         }
         return Err(corrupt(reason.to_string()));
     }
     if segment::zero_from(p, offset, len)? {
         // The reserved, never written end of the active segment.
-        return Ok(offset);
+        return Ok((offset, crc));
     }
     if segment::valid_record_after(p, offset, len)? {
         return Err(corrupt(format!(
             "{reason}; valid records follow, so this is damage inside the file, not a torn tail"
         )));
     }
-    cut_tail(p, offset, reason, len)
+    Ok((cut_tail(p, offset, reason, len)?, crc))
 }
 
 /// Truncates a torn tail of the newest segment at `offset`; returns the new
@@ -284,15 +347,18 @@ fn cut_tail(p: &Path, offset: u64, reason: &str, len: u64) -> Result<u64> {
         reason,
         "torn tail in the newest segment; cutting it back to the last valid record"
     );
-    let file = OpenOptions::new().write(true).open(p)?;
-    let new_len = if offset < SEGMENT_HEADER_LEN {
-        file.set_len(0)?;
-        file.write_all_at(&record::segment_header(), 0)?;
-        SEGMENT_HEADER_LEN
-    } else {
-        file.set_len(offset)?;
-        offset
+    let cut = || -> std::io::Result<u64> {
+        let file = OpenOptions::new().write(true).open(p)?;
+        let new_len = if offset < SEGMENT_HEADER_LEN {
+            file.set_len(0)?;
+            file.write_all_at(&record::segment_header(), 0)?;
+            SEGMENT_HEADER_LEN
+        } else {
+            file.set_len(offset)?;
+            offset
+        };
+        file.sync_all()?;
+        Ok(new_len)
     };
-    file.sync_all()?;
-    Ok(new_len)
+    Ok(cut().map_err(segment::io_at("cut the torn tail of", p))?)
 }

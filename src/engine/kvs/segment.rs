@@ -11,6 +11,22 @@ use crate::{KvsError, Result};
 /// Segment ids are `u32`: at one segment per 64 MiB that is 256 PiB of writes.
 pub type SegmentId = u32;
 
+/// The highest segment id accepted at open. Ids start at 1 and grow by one
+/// or two per sealed segment, so a file above this is not one of ours (a
+/// stray `00000000004294967295.log` would otherwise exhaust the ids and
+/// stop every write); open refuses it by name instead.
+pub const MAX_SEGMENT_ID: SegmentId = u32::MAX - (1 << 20);
+
+/// Free bytes a new segment leaves on its file system at least, for the
+/// directory's own metadata and the store's small files.
+const FREE_SLACK: u64 = 64 << 10;
+
+/// Wraps an I/O error with the operation and file it came from, keeping its
+/// kind, so "Permission denied" says what was denied where.
+pub fn io_at<'a>(op: &'static str, p: &'a Path) -> impl FnOnce(io::Error) -> io::Error + 'a {
+    move |e| io::Error::new(e.kind(), format!("{op} {}: {e}", p.display()))
+}
+
 /// Path of segment `id` in `dir`.
 pub fn path(dir: &Path, id: SegmentId) -> PathBuf {
     dir.join(format!("{id:020}.log"))
@@ -41,24 +57,31 @@ pub fn next_id(id: SegmentId) -> Result<SegmentId> {
 pub fn list_and_clean(dir: &Path) -> Result<Vec<SegmentId>> {
     let mut ids = Vec::new();
     let mut removed = false;
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
+    for entry in fs::read_dir(dir).map_err(io_at("list directory", dir))? {
+        let entry = entry.map_err(io_at("list directory", dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if let Some(stem) = name.strip_suffix(".log.tmp") {
             if parse_id(stem).is_some() {
                 tracing::warn!(file = %entry.path().display(), "deleting unfinished compaction output");
-                fs::remove_file(entry.path())?;
+                fs::remove_file(entry.path()).map_err(io_at("delete", &entry.path()))?;
                 removed = true;
             }
         } else if let Some(stem) = name.strip_suffix(".log")
             && let Some(id) = parse_id(stem)
         {
+            if id > MAX_SEGMENT_ID {
+                return Err(KvsError::InvalidInput(format!(
+                    "{} is named like a segment, but id {id} is above the highest kvs uses \
+                     ({MAX_SEGMENT_ID}): a stray file? move it out of the data directory",
+                    entry.path().display()
+                )));
+            }
             ids.push(id);
         }
     }
     if removed {
-        sync_dir(dir)?;
+        sync_dir(dir).map_err(io_at("sync directory", dir))?;
     }
     ids.sort_unstable();
     Ok(ids)
@@ -69,20 +92,63 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Creates segment `id` with its header and `size` bytes reserved, synced,
-/// and syncs the directory.
-pub fn create(dir: &Path, id: SegmentId, size: u64) -> Result<File> {
+/// Bytes available to us on the file system of `dir`.
+pub fn free_bytes(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in directory name"))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `st` points to writable
+    // memory of the right type, which statvfs fills on success.
+    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it initialized `st`.
+    let st = unsafe { st.assume_init() };
+    // The field types differ between platforms (u64 on Linux x86-64).
+    #[allow(clippy::unnecessary_cast)]
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// The error a write gets when no segment can be made for it.
+pub fn no_space(dir: &Path, need: u64, free: u64) -> KvsError {
+    KvsError::ReadOnly(format!(
+        "no space for a new segment in {}: {need} bytes needed, {free} available; \
+         serving reads only until space is freed",
+        dir.display()
+    ))
+}
+
+/// How much to reserve for a new segment that needs at least `need` bytes
+/// and would like `want`, given the space free in `dir`: at most half of
+/// what is free, so a nearly full disk gets small segments rather than
+/// none (and compaction keeps room for its output).
+pub fn size_for(dir: &Path, want: u64, need: u64) -> Result<u64> {
+    let free = free_bytes(dir).map_err(io_at("check free space of", dir))?;
+    if free < need + FREE_SLACK {
+        return Err(no_space(dir, need + FREE_SLACK, free));
+    }
+    Ok(want.min(free / 2).max(need))
+}
+
+/// Creates segment `id` with its header and room for at least `need` bytes
+/// (up to `want`, see [`size_for`]) reserved, synced, and syncs the
+/// directory.
+pub fn create(dir: &Path, id: SegmentId, want: u64, need: u64) -> Result<File> {
+    let size = size_for(dir, want, need)?;
     let p = path(dir, id);
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
-        .open(&p)?;
+        .open(&p)
+        .map_err(io_at("create segment", &p))?;
     let init = || -> io::Result<()> {
-        reserve(&file, size)?;
-        file.write_all_at(&record::segment_header(), 0)?;
-        file.sync_all()?;
-        sync_dir(dir)
+        reserve(&file, size).map_err(io_at("reserve space for", &p))?;
+        file.write_all_at(&record::segment_header(), 0)
+            .map_err(io_at("write header of", &p))?;
+        file.sync_all().map_err(io_at("sync", &p))?;
+        sync_dir(dir).map_err(io_at("sync directory", dir))
     };
     if let Err(e) = init() {
         // A half-made segment left behind would make every later attempt
@@ -90,6 +156,10 @@ pub fn create(dir: &Path, id: SegmentId, size: u64) -> Result<File> {
         drop(file);
         let _ = fs::remove_file(&p);
         let _ = sync_dir(dir);
+        if e.kind() == io::ErrorKind::StorageFull {
+            let free = free_bytes(dir).unwrap_or(0);
+            return Err(no_space(dir, size, free));
+        }
         return Err(e.into());
     }
     Ok(file)
@@ -144,30 +214,55 @@ pub enum ScanEnd {
     },
 }
 
+/// What a scan found besides the records.
+pub struct Scan {
+    /// Where the valid records end.
+    pub end: ScanEnd,
+    /// Format version in the header (0 when the header is bad).
+    pub version: u16,
+    /// The segment ends with a valid seal.
+    pub sealed: bool,
+    /// CRC-32 of the bytes before the stop (header and valid records,
+    /// the seal included when there is one).
+    pub crc: u32,
+}
+
 /// Reads every record of segment file `p` in order, calling `f` for each
-/// valid one, and reports where (if anywhere) the valid records stop.
-/// A file too short for its header is `Bad` at offset 0.
-pub fn scan(p: &Path, mut f: impl FnMut(Scanned<'_>)) -> Result<ScanEnd> {
-    let file = File::open(p)?;
-    let len = file.metadata()?.len();
+/// valid one (a seal is checked here and not passed on), and reports
+/// where (if anywhere) the valid records stop. A file too short for its
+/// header is `Bad` at offset 0.
+pub fn scan(p: &Path, mut f: impl FnMut(Scanned<'_>)) -> Result<Scan> {
+    let file = File::open(p).map_err(io_at("open segment", p))?;
+    let len = file.metadata().map_err(io_at("stat", p))?.len();
     let mut rd = BufReader::with_capacity(1 << 20, file);
-    let bad = |offset: u64, reason: String| {
-        Ok(ScanEnd::Bad {
+    let mut hasher = crc32fast::Hasher::new();
+    let mut sealed = false;
+    let bad = |offset: u64, reason: String, version, sealed, crc| Scan {
+        end: ScanEnd::Bad {
             offset,
             reason,
             len,
-        })
+        },
+        version,
+        sealed,
+        crc,
     };
 
     let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
     if len < SEGMENT_HEADER_LEN {
-        return bad(0, "segment shorter than its header".into());
+        return Ok(bad(
+            0,
+            "segment shorter than its header".into(),
+            0,
+            false,
+            0,
+        ));
     }
-    rd.read_exact(&mut h)?;
-    match record::check_segment_header(&h) {
-        Ok(()) => {}
+    rd.read_exact(&mut h).map_err(io_at("read", p))?;
+    let version = match record::check_segment_header(&h) {
+        Ok(v) => v,
         Err(record::HeaderError::BadMagic) => {
-            return bad(0, "not a kvs segment (bad magic)".into());
+            return Ok(bad(0, "not a kvs segment (bad magic)".into(), 0, false, 0));
         }
         Err(record::HeaderError::Version(version)) => {
             return Err(KvsError::UnsupportedVersion {
@@ -175,71 +270,145 @@ pub fn scan(p: &Path, mut f: impl FnMut(Scanned<'_>)) -> Result<ScanEnd> {
                 version,
             });
         }
-    }
+    };
+    hasher.update(&h);
 
     let mut offset = SEGMENT_HEADER_LEN;
     let mut buf = Vec::with_capacity(4096);
+    macro_rules! stop {
+        ($reason:expr) => {
+            return Ok(bad(
+                offset,
+                $reason.into(),
+                version,
+                sealed,
+                hasher.clone().finalize(),
+            ))
+        };
+    }
     while offset < len {
+        if sealed {
+            stop!("bytes after the seal");
+        }
         if len - offset < RECORD_HEADER_LEN as u64 {
-            return bad(offset, "record header cut short".into());
+            stop!("record header cut short");
         }
         buf.resize(RECORD_HEADER_LEN, 0);
-        rd.read_exact(&mut buf)?;
+        rd.read_exact(&mut buf).map_err(io_at("read", p))?;
         let hb: &[u8; RECORD_HEADER_LEN] = buf[..].try_into().expect("buffer sized to the header");
         let header = match Header::decode(hb) {
             Ok(h) => h,
-            Err(reason) => return bad(offset, reason),
+            Err(reason) => stop!(reason),
         };
         let rec_len = header.record_len() as u64;
         if len - offset < rec_len {
-            return bad(offset, "record cut short".into());
+            stop!("record cut short");
         }
         buf.resize(rec_len as usize, 0);
-        rd.read_exact(&mut buf[RECORD_HEADER_LEN..])?;
+        rd.read_exact(&mut buf[RECORD_HEADER_LEN..])
+            .map_err(io_at("read", p))?;
         if !record::crc_ok(&buf, header.crc) {
-            return bad(offset, "checksum mismatch".into());
+            stop!("checksum mismatch");
+        }
+        if header.kind == Kind::Seal {
+            let (covered, crc) = record::decode_seal(&buf[RECORD_HEADER_LEN..]);
+            if covered != offset || crc != hasher.clone().finalize() {
+                stop!(format!(
+                    "the seal does not match the segment (it covers {covered} bytes, \
+                     {offset} precede it, or their checksum differs): the segment was \
+                     cut or altered"
+                ));
+            }
+            sealed = true;
+            hasher.update(&buf);
+            offset += rec_len;
+            continue;
         }
         let key_bytes = &buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + header.key_len];
         let Ok(key) = std::str::from_utf8(key_bytes) else {
-            return bad(offset, "key is not UTF-8".into());
+            stop!("key is not UTF-8");
         };
         f(Scanned {
             offset,
             header,
             key,
         });
+        hasher.update(&buf);
         offset += rec_len;
     }
-    Ok(ScanEnd::Clean { len })
+    Ok(Scan {
+        end: ScanEnd::Clean { len },
+        version,
+        sealed,
+        crc: hasher.finalize(),
+    })
 }
 
 /// Whether every byte of `p` from `offset` to `len` is zero: the unused,
 /// reserved end of an active segment rather than a torn record.
 pub fn zero_from(p: &Path, offset: u64, len: u64) -> io::Result<bool> {
-    let file = File::open(p)?;
+    Ok(last_nonzero(p, offset, len)?.is_none())
+}
+
+/// Offset of the last non-zero byte of `p` in `offset..len`, reading
+/// backwards in 1 MiB chunks (word-at-a-time compares, no per-byte work).
+pub fn last_nonzero(p: &Path, offset: u64, len: u64) -> io::Result<Option<u64>> {
+    let file = File::open(p).map_err(io_at("open segment", p))?;
     let mut buf = vec![0u8; 1 << 20];
-    let mut at = offset;
-    while at < len {
-        let n = (len - at).min(buf.len() as u64) as usize;
-        file.read_exact_at(&mut buf[..n], at)?;
-        if buf[..n].iter().any(|&b| b != 0) {
-            return Ok(false);
+    let mut end = len;
+    while end > offset {
+        let n = (end - offset).min(buf.len() as u64) as usize;
+        let at = end - n as u64;
+        file.read_exact_at(&mut buf[..n], at)
+            .map_err(io_at("read", p))?;
+        let (pre, words, post) = {
+            // SAFETY: any bit pattern is a valid u64; align_to only splits
+            // the slice at alignment boundaries.
+            unsafe { buf[..n].align_to::<u64>() }
+        };
+        if let Some(i) = post.iter().rposition(|&b| b != 0) {
+            return Ok(Some(at + (pre.len() + words.len() * 8 + i) as u64));
         }
-        at += n as u64;
+        if let Some(w) = words.iter().rposition(|&w| w != 0) {
+            let base = pre.len() + w * 8;
+            let i = buf[base..base + 8]
+                .iter()
+                .rposition(|&b| b != 0)
+                .unwrap_or(0);
+            return Ok(Some(at + (base + i) as u64));
+        }
+        if let Some(i) = pre.iter().rposition(|&b| b != 0) {
+            return Ok(Some(at + i as u64));
+        }
+        end = at;
     }
-    Ok(true)
+    Ok(None)
 }
 
 /// Whether a whole, valid record starts anywhere in `p` after `offset`
 /// (file length `len`): then the bad bytes at `offset` are damage inside the
-/// file, not a torn tail. Tries every byte position; only runs on a damaged
-/// segment.
+/// file, not a torn tail. Only runs on a damaged segment, and only up to
+/// the last non-zero byte: a torn write in front of the zeroed, reserved
+/// end of the active segment (up to `segment_max_bytes`) costs one fast
+/// zero check, not a search at every byte position of it.
 pub fn valid_record_after(p: &Path, offset: u64, len: u64) -> io::Result<bool> {
     let start = offset + 1;
-    let mut rest = vec![0u8; len.saturating_sub(start) as usize];
-    File::open(p)?.read_exact_at(&mut rest, start)?;
+    // A record has a non-zero crc-covered kind byte, so no record starts
+    // later than the last non-zero byte.
+    let Some(last) = last_nonzero(p, start, len)? else {
+        return Ok(false);
+    };
+    let mut rest = vec![
+        0u8;
+        len.min(last + 1 + (super::record::MAX_VALUE_LEN as u64))
+            .saturating_sub(start) as usize
+    ];
+    File::open(p)
+        .and_then(|f| f.read_exact_at(&mut rest, start))
+        .map_err(io_at("read", p))?;
+    let search_end = (last + 1 - start) as usize;
     let mut at = 0usize;
-    while at + RECORD_HEADER_LEN <= rest.len() {
+    while at < search_end && at + RECORD_HEADER_LEN <= rest.len() {
         let hb: &[u8; RECORD_HEADER_LEN] = rest[at..at + RECORD_HEADER_LEN]
             .try_into()
             .expect("slice is exactly a header long");

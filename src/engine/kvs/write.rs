@@ -42,7 +42,7 @@ impl Core {
                 }
                 w.live_bytes += len;
             }
-            Kind::Tombstone | Kind::Clear => {
+            Kind::Tombstone | Kind::Clear | Kind::Seal => {
                 if self.index.remove(key.as_str()).is_some() {
                     w.index_bytes = w.index_bytes.saturating_sub(index::entry_bytes(&key));
                 }

@@ -4,20 +4,27 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use memmap2::MmapMut;
+use memmap2::{MmapOptions, MmapRaw};
 
-use super::record::SEGMENT_HEADER_LEN;
+use super::record::{self, SEAL_RECORD_LEN, SEGMENT_HEADER_LEN};
 use super::segment::{self, SegmentId};
 use crate::Result;
 
-/// Maps the active segment for writing.
-pub fn map_active(file: &File) -> Result<MmapMut> {
-    // SAFETY: the active segment is only written through this map, by the
-    // holder of the writer lock, at offsets past every published record.
-    // Readers map the same file read-only and only read published records,
-    // which are never written again; no one truncates the file while this
-    // map exists (rotation drops the map first).
-    Ok(unsafe { MmapMut::map_mut(file)? })
+/// Maps the active segment for writing; `None` when the file has no room
+/// past `pos` (a full disk left it unreserved): the next write rotates.
+pub fn map_active(file: &File, pos: u64, p: &Path) -> Result<Option<MmapRaw>> {
+    let len = file.metadata().map_err(segment::io_at("stat", p))?.len();
+    if len <= pos {
+        return Ok(None);
+    }
+    // A raw map: no `&[u8]`/`&mut [u8]` over the whole mapping ever
+    // exists, so the writer's stores and the readers' loads of other
+    // bytes of the same file never alias a reference. The unsafe is at
+    // each access (`append_buf`, `Reader::read`).
+    let map = MmapOptions::new()
+        .map_raw(file)
+        .map_err(segment::io_at("map", p))?;
+    Ok(Some(map))
 }
 
 /// State owned by whoever holds the writer lock.
@@ -41,34 +48,55 @@ pub struct Writer {
     pub buf: Vec<u8>,
     /// The active segment, mapped shared: a copy into it is in the OS page
     /// cache at once (a killed process loses nothing), without a syscall.
-    pub map: MmapMut,
-    /// Size of new segments.
+    /// `None` once sealed or trimmed, or when there was no room to reserve.
+    pub map: Option<MmapRaw>,
+    /// Size new segments would like to have.
     pub segment_size: u64,
+    /// CRC-32 of the active segment's bytes up to `pos`, for its seal.
+    pub crc: crc32fast::Hasher,
+    /// The active segment carries its seal: nothing more goes into it.
+    pub sealed: bool,
 }
 
 impl Writer {
+    /// Bytes of the active segment that are mapped (0 when unmapped).
+    fn room_end(&self) -> u64 {
+        self.map.as_ref().map_or(0, |m| m.len() as u64)
+    }
+
     /// Appends the encoded record in `self.buf`, rotating to a new segment
-    /// when it does not fit; returns its offset.
+    /// when it does not fit with room left for the seal; returns its
+    /// offset.
     pub fn append_buf(&mut self, dir: &Path, commit: &GroupCommit) -> Result<u64> {
         let len = self.buf.len() as u64;
-        if self.pos + len > self.map.len() as u64 {
+        if self.sealed || self.pos + len + SEAL_RECORD_LEN > self.room_end() {
             let next = segment::next_id(self.active)?;
             self.rotate(dir, next, len, commit)?;
         }
         let offset = self.pos;
-        // Through a raw pointer, not `&mut self.map[..]`: readers read
-        // earlier bytes of the same file through their own maps, and no
-        // reference should claim the whole map exclusively.
-        // SAFETY: `offset + len <= self.map.len()` (checked above, and a
-        // rotation makes a segment big enough for the record); `buf` is a
-        // separate allocation.
+        let Some(map) = &self.map else {
+            // `rotate` maps the new segment or fails, so this is not reached.
+            return Err(crate::KvsError::Io(std::io::Error::other(
+                "active segment is not mapped after a rotation",
+            )));
+        };
+        // SAFETY: `offset + len <= map.len()` (checked above, and a rotation
+        // makes a segment big enough for the record and its seal), so the
+        // destination is inside the mapping, which lives as long as `map`.
+        // Only the holder of the writer lock stores into it, and only past
+        // every published record, which readers may be loading concurrently
+        // through their own read-only maps (raw pointers on both sides, no
+        // references). `buf` is a separate allocation. Assumed outside the
+        // process: no one else truncates or writes the segment files (see
+        // `KvStore::open`); a truncation under the map would be a SIGBUS.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 self.buf.as_ptr(),
-                self.map.as_mut_ptr().add(offset as usize),
+                map.as_mut_ptr().add(offset as usize),
                 len as usize,
             );
         }
+        self.crc.update(&self.buf);
         self.pos += len;
         self.lsn += len;
         self.disk_bytes += len;
@@ -79,12 +107,46 @@ impl Writer {
     /// past the new end would be a SIGBUS). Appending afterwards needs a
     /// rotation; used when sealing and when the store closes.
     pub fn trim(&mut self) -> std::io::Result<()> {
-        self.map = MmapMut::map_anon(1)?;
+        self.map = None;
         self.file.set_len(self.pos)
     }
 
-    /// Seals the active segment (cut to its used length and synced) and
-    /// starts segment `new_id`, big enough for a record of `need` bytes.
+    /// Seals the active segment: cut to its records, the seal appended
+    /// with `pwrite` (so it needs no reserved room), synced. Idempotent.
+    fn seal(&mut self, dir: &Path, commit: &GroupCommit) -> Result<()> {
+        if self.sealed {
+            return Ok(());
+        }
+        let p = segment::path(dir, self.active);
+        self.trim().map_err(segment::io_at("trim", &p))?;
+        let mut seal = Vec::with_capacity(SEAL_RECORD_LEN as usize);
+        record::encode_seal(&mut seal, self.pos, self.crc.clone().finalize());
+        if let Err(e) = std::os::unix::fs::FileExt::write_all_at(&*self.file, &seal, self.pos) {
+            // A partial seal would read as a torn tail; cut it back so a
+            // later attempt starts from the same place.
+            let _ = self.file.set_len(self.pos);
+            if e.kind() == std::io::ErrorKind::StorageFull {
+                let free = segment::free_bytes(dir).unwrap_or(0);
+                return Err(segment::no_space(dir, SEAL_RECORD_LEN, free));
+            }
+            return Err(segment::io_at("write the seal of", &p)(e).into());
+        }
+        if let Err(e) = self.file.sync_data() {
+            commit.poison(&e);
+            return Err(segment::io_at("sync", &p)(e).into());
+        }
+        self.crc.update(&seal);
+        self.pos += SEAL_RECORD_LEN;
+        self.lsn += SEAL_RECORD_LEN;
+        self.disk_bytes += SEAL_RECORD_LEN;
+        self.sealed = true;
+        Ok(())
+    }
+
+    /// Seals the active segment and starts segment `new_id`, big enough for
+    /// a record of `need` bytes. After a failure the old segment stays
+    /// sealed and the next write tries again (a full disk: reads go on,
+    /// writes fail with `ReadOnly` until space returns).
     pub fn rotate(
         &mut self,
         dir: &Path,
@@ -92,21 +154,38 @@ impl Writer {
         need: u64,
         commit: &GroupCommit,
     ) -> Result<()> {
-        let size = self.segment_size.max(SEGMENT_HEADER_LEN + need);
-        // NOTE: the old segment is cut to its records and synced before the
-        // new one exists, so after a power loss only the newest segment can
-        // have a torn tail, which is the only place recovery may cut.
-        self.trim()?;
-        if let Err(e) = self.file.sync_data() {
-            commit.poison(&e);
-            return Err(e.into());
-        }
-        let file = segment::create(dir, new_id, size)?;
-        self.map = map_active(&file)?;
+        // NOTE: the old segment is sealed and synced before the new one
+        // exists, so after a power loss only the newest segment can have a
+        // torn tail (the only place recovery may cut), and every older one
+        // carries a seal that proves it whole.
+        self.seal(dir, commit)?;
+        let min = SEGMENT_HEADER_LEN + need + SEAL_RECORD_LEN;
+        let file = segment::create(dir, new_id, self.segment_size.max(min), min)?;
+        let p = segment::path(dir, new_id);
+        let map = match map_active(&file, SEGMENT_HEADER_LEN, &p) {
+            Ok(Some(m)) => m,
+            r => {
+                // Not left behind: a second attempt would find it existing.
+                drop(file);
+                let _ = std::fs::remove_file(&p);
+                let _ = segment::sync_dir(dir);
+                return Err(match r {
+                    Err(e) => e,
+                    _ => crate::KvsError::Io(std::io::Error::other(format!(
+                        "{} was created without room",
+                        p.display()
+                    ))),
+                });
+            }
+        };
+        self.map = Some(map);
         self.file = Arc::new(file);
         self.active = new_id;
         self.pos = SEGMENT_HEADER_LEN;
         self.disk_bytes += SEGMENT_HEADER_LEN;
+        self.crc = crc32fast::Hasher::new();
+        self.crc.update(&record::segment_header());
+        self.sealed = false;
         Ok(())
     }
 }
@@ -136,6 +215,16 @@ struct SyncState {
     failed: Option<String>,
 }
 
+/// Clears `syncing` if the syncer unwinds.
+struct ClearSyncing<'a>(&'a GroupCommit);
+
+impl Drop for ClearSyncing<'_> {
+    fn drop(&mut self) {
+        self.0.lock().syncing = false;
+        self.0.done.notify_all();
+    }
+}
+
 impl GroupCommit {
     fn lock(&self) -> MutexGuard<'_, SyncState> {
         // A panic while holding this lock leaves plain numbers behind, which
@@ -158,8 +247,14 @@ impl GroupCommit {
             if !s.syncing {
                 s.syncing = true;
                 drop(s);
+                // If `current` or the sync panics, the guard clears
+                // `syncing` and wakes the waiters (one of them becomes the
+                // syncer); otherwise every later `always` write would wait
+                // forever for a sync nobody runs.
+                let guard = ClearSyncing(self);
                 let (file, target) = current();
                 let r = file.sync_data();
+                std::mem::forget(guard);
                 s = self.lock();
                 s.syncing = false;
                 match &r {
