@@ -13,6 +13,7 @@
 
 pub mod bench;
 mod client;
+pub mod command;
 pub mod engine;
 mod error;
 pub mod net;

@@ -244,7 +244,7 @@ fn header_line<'a>(
 
 /// A decimal integer as Redis's `string2ll` accepts it: an optional `-`,
 /// no `+`, no leading zeros, no `-0`, no spaces, in range.
-fn parse_i64(s: &[u8]) -> Option<i64> {
+pub(crate) fn parse_i64(s: &[u8]) -> Option<i64> {
     let (negative, digits) = match s {
         [b'-', rest @ ..] => (true, rest),
         _ => (false, s),

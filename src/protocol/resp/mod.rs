@@ -23,8 +23,9 @@ mod decode;
 mod inline;
 mod reply;
 
+pub(crate) use decode::parse_i64;
 pub use decode::{ProtocolError, RespDecoder};
-pub use reply::{Reply, bulk_len};
+pub use reply::{Reply, array_header_len, bulk_len};
 
 /// Largest inline command line and largest count/length header line, as
 /// Redis's `PROTO_INLINE_MAX_SIZE`.

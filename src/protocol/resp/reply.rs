@@ -112,6 +112,11 @@ pub fn bulk_len(len: usize) -> usize {
     1 + int_len(len as i64) + 2 + len + 2
 }
 
+/// Encoded size of the header of an array of `len` elements.
+pub fn array_header_len(len: usize) -> usize {
+    1 + int_len(len as i64) + 2
+}
+
 fn put_line(dst: &mut BytesMut, tag: u8, text: &[u8]) {
     dst.put_u8(tag);
     if text.iter().any(|&b| b == b'\r' || b == b'\n') {
