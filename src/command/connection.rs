@@ -6,7 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use super::table::{COMMANDS, Spec, arity_ok, unknown_subcommand, wrong_arity};
-use super::{REDIS_VERSION, ServerContext, Session, Step, WRONGPASS, glob_match, integer, syntax_error};
+use super::{
+    REDIS_VERSION, ServerContext, Session, Step, WRONGPASS, glob_match, integer, syntax_error,
+};
 use crate::protocol::resp::Reply;
 
 fn reply(r: Reply) -> Step {
@@ -53,7 +55,11 @@ fn authenticate(ctx: &ServerContext, user: &[u8], password: &[u8]) -> Result<(),
             .requirepass
             .as_ref()
             .is_none_or(|expected| password_matches(password, expected.as_bytes()));
-    if ok { Ok(()) } else { Err(Reply::error(WRONGPASS)) }
+    if ok {
+        Ok(())
+    } else {
+        Err(Reply::error(WRONGPASS))
+    }
 }
 
 pub(super) fn auth(args: &[Bytes], session: &mut Session, ctx: &ServerContext) -> Step {
@@ -96,6 +102,7 @@ fn set_name(session: &mut Session, name: &Bytes) {
 /// `HELLO [protover [AUTH user pass] [SETNAME name]]`. Only RESP2 is
 /// spoken: `HELLO 3` answers `-NOPROTO` so RESP3 clients fall back.
 pub(super) fn hello(args: &[Bytes], session: &mut Session, ctx: &ServerContext) -> Step {
+    let mut resp3 = false;
     if let Some(version) = args.get(1) {
         match crate::protocol::resp::parse_i64(version) {
             None => {
@@ -104,7 +111,10 @@ pub(super) fn hello(args: &[Bytes], session: &mut Session, ctx: &ServerContext) 
                 ));
             }
             Some(2) => {}
-            Some(_) => return reply(Reply::error("NOPROTO unsupported protocol version")),
+            // Refused only after the options and authentication are
+            // checked, as Redis orders them, and with no side effect.
+            Some(3) => resp3 = true,
+            Some(_) => return reply(no_proto()),
         }
     }
     let mut credentials = None;
@@ -131,6 +141,9 @@ pub(super) fn hello(args: &[Bytes], session: &mut Session, ctx: &ServerContext) 
         if let Err(refusal) = authenticate(ctx, user, password) {
             return reply(refusal);
         }
+        if resp3 {
+            return reply(no_proto());
+        }
         session.authenticated = true;
     }
     if !session.authenticated {
@@ -139,6 +152,9 @@ pub(super) fn hello(args: &[Bytes], session: &mut Session, ctx: &ServerContext) 
              HELLO AUTH <user> <pass> option can be used to authenticate the client and select \
              the RESP protocol version at the same time",
         ));
+    }
+    if resp3 {
+        return reply(no_proto());
     }
     if let Some(name) = name {
         if !valid_client_name(name) {
@@ -163,6 +179,10 @@ pub(super) fn hello(args: &[Bytes], session: &mut Session, ctx: &ServerContext) 
         Reply::bulk("modules"),
         Reply::array(Vec::new()),
     ]))
+}
+
+fn no_proto() -> Reply {
+    Reply::error("NOPROTO unsupported protocol version")
 }
 
 /// `SELECT 0`; kvs has one database.
@@ -208,7 +228,9 @@ pub(super) fn client(args: &[Bytes], session: &mut Session, _: &ServerContext) -
         }
         b"id" => {
             arity!(args, "client", "id", 2);
-            reply(Reply::Integer(i64::try_from(session.id).unwrap_or(i64::MAX)))
+            reply(Reply::Integer(
+                i64::try_from(session.id).unwrap_or(i64::MAX),
+            ))
         }
         b"setinfo" => {
             // Redis 7.2: client libraries announce themselves; accepted
@@ -286,15 +308,28 @@ pub(super) fn config(args: &[Bytes], _: &mut Session, ctx: &ServerContext) -> St
     match &args[1].to_ascii_lowercase()[..] {
         b"get" => {
             arity!(args, "config", "get", -3);
+            // As Redis: a plain name answers under the name as given, a
+            // pattern under each matching name; each setting once.
             let mut out = Vec::new();
-            for (name, value) in &ctx.config {
-                let lower = name.to_ascii_lowercase();
-                if args[2..]
-                    .iter()
-                    .any(|p| glob_match(&p.to_ascii_lowercase(), lower.as_bytes()))
-                {
-                    out.push(Reply::bulk(name.clone()));
-                    out.push(Reply::bulk(value.clone()));
+            let mut seen = vec![false; ctx.config.len()];
+            for given in &args[2..] {
+                let pattern = given.to_ascii_lowercase();
+                let plain = !pattern.iter().any(|b| b"[*?".contains(b));
+                for (i, (name, value)) in ctx.config.iter().enumerate() {
+                    let hit = if plain {
+                        pattern == name.as_bytes()
+                    } else {
+                        glob_match(&pattern, name.as_bytes())
+                    };
+                    if hit && !seen[i] {
+                        seen[i] = true;
+                        out.push(if plain {
+                            Reply::bulk(given.clone())
+                        } else {
+                            Reply::bulk(name.clone())
+                        });
+                        out.push(Reply::bulk(value.clone()));
+                    }
                 }
             }
             reply(Reply::array(out))

@@ -77,9 +77,7 @@ impl IncrBy {
         let reply = match result {
             Ok(Ok(n)) => Reply::Integer(n),
             Ok(Err(Refused::NotAnInteger)) => super::not_an_integer(),
-            Ok(Err(Refused::Overflow)) => {
-                Reply::error("ERR increment or decrement would overflow")
-            }
+            Ok(Err(Refused::Overflow)) => Reply::error("ERR increment or decrement would overflow"),
             Err(e) => engine_error(&e),
         };
         reply.into()

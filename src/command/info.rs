@@ -10,7 +10,14 @@ use crate::KvsEngine;
 use crate::protocol::resp::Reply;
 
 /// The sections kvs reports, in Redis's order.
-const SECTIONS: [&str; 6] = ["server", "clients", "memory", "persistence", "stats", "keyspace"];
+const SECTIONS: [&str; 6] = [
+    "server",
+    "clients",
+    "memory",
+    "persistence",
+    "stats",
+    "keyspace",
+];
 
 /// Which sections an `INFO` asked for.
 #[derive(Debug)]

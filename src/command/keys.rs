@@ -102,7 +102,11 @@ fn expire_generic(args: &[Bytes], seconds: bool, cmd: &str) -> Step {
         Ok(n) => n,
         Err(reply) => return Step::Reply(reply),
     };
-    let in_ms = if seconds { when.checked_mul(1000) } else { Some(when) };
+    let in_ms = if seconds {
+        when.checked_mul(1000)
+    } else {
+        Some(when)
+    };
     let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
     let Some(in_ms) = in_ms.filter(|ms| ms.checked_add(now).is_some()) else {
         return Step::Reply(invalid_expire(cmd));
@@ -152,9 +156,7 @@ pub(super) fn dbsize(_: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
 pub(super) fn flush(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
     match args {
         [_] => engine(Op::Flush),
-        [_, mode]
-            if mode.eq_ignore_ascii_case(b"ASYNC") || mode.eq_ignore_ascii_case(b"SYNC") =>
-        {
+        [_, mode] if mode.eq_ignore_ascii_case(b"ASYNC") || mode.eq_ignore_ascii_case(b"SYNC") => {
             engine(Op::Flush)
         }
         _ => Step::Reply(syntax_error()),
@@ -224,7 +226,11 @@ impl Op {
                     Some(e) => {
                         let left = e.expires_at.saturating_sub(now_ms());
                         let left = i64::try_from(left).unwrap_or(i64::MAX);
-                        if millis { left } else { left.saturating_add(500) / 1000 }
+                        if millis {
+                            left
+                        } else {
+                            left.saturating_add(500) / 1000
+                        }
                     }
                 })
             }),

@@ -42,9 +42,6 @@ mod scan;
 mod strings;
 mod table;
 
-#[cfg(test)]
-mod tests;
-
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -247,10 +247,7 @@ fn scan_page<E: KvsEngine>(
         },
         _ => 0,
     };
-    Reply::array(vec![
-        Reply::bulk(next.to_string()),
-        Reply::array(out.items),
-    ])
+    Reply::array(vec![Reply::bulk(next.to_string()), Reply::array(out.items)])
 }
 
 fn all_keys<E: KvsEngine>(engine: &E, budget: usize, pattern: &[u8]) -> Reply {

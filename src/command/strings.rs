@@ -7,9 +7,9 @@ use super::{
     EngineCommand, Executed, Op as AnyOp, ServerContext, Session, Step, engine_error, integer,
     over_budget, syntax_error, text,
 };
+use crate::KvsEngine;
 use crate::engine::{Entry, NO_EXPIRY, Update, expired_at, now_ms};
 use crate::protocol::resp::{Reply, array_header_len, bulk_len};
-use crate::KvsEngine;
 
 /// Longest value `APPEND` may build: the largest bulk string a client may
 /// send, so every stored value can be read back in one reply.
@@ -328,10 +328,10 @@ impl Op {
                 })
                 .map(|len| match len {
                     Some(len) => Reply::Integer(len).into(),
-                    None => Reply::error(
-                        "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
-                    )
-                    .into(),
+                    None => {
+                        Reply::error("ERR string exceeds maximum allowed size (proto-max-bulk-len)")
+                            .into()
+                    }
                 }),
             Op::MGet(keys) => Ok(mget_bounded(engine, keys, budget)),
             Op::MSet(pairs) => pairs
@@ -374,4 +374,3 @@ fn mget_bounded<E: KvsEngine>(engine: &E, keys: Vec<String>, budget: usize) -> E
         misses,
     }
 }
-

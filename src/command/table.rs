@@ -4,7 +4,9 @@
 
 use bytes::Bytes;
 
-use super::{NOAUTH, ServerContext, Session, Step, connection, counters, info, keys, scan, strings};
+use super::{
+    NOAUTH, ServerContext, Session, Step, connection, counters, info, keys, scan, strings,
+};
 use crate::protocol::resp::Reply;
 
 /// What parses and runs a command's first step.
@@ -101,11 +103,35 @@ pub(super) static COMMANDS: &[Spec] = &[
         ..spec("hello", -1, CONN, NO_KEYS, connection::hello)
     },
     spec("select", 2, CONN, NO_KEYS, connection::select),
-    spec("client", -2, &["noscript", "loading", "stale"], NO_KEYS, connection::client),
-    spec("command", -1, &["loading", "stale"], NO_KEYS, connection::command),
-    spec("config", -2, &["admin", "noscript", "loading", "stale"], NO_KEYS, connection::config),
+    spec(
+        "client",
+        -2,
+        &["noscript", "loading", "stale"],
+        NO_KEYS,
+        connection::client,
+    ),
+    spec(
+        "command",
+        -1,
+        &["loading", "stale"],
+        NO_KEYS,
+        connection::command,
+    ),
+    spec(
+        "config",
+        -2,
+        &["admin", "noscript", "loading", "stale"],
+        NO_KEYS,
+        connection::config,
+    ),
     spec("info", -1, &["loading", "stale"], NO_KEYS, info::info),
-    spec("time", 1, &["loading", "stale", "fast"], NO_KEYS, connection::time),
+    spec(
+        "time",
+        1,
+        &["loading", "stale", "fast"],
+        NO_KEYS,
+        connection::time,
+    ),
 ];
 
 /// The command named `name`, in any case.
@@ -119,13 +145,19 @@ pub(super) fn lookup(name: &[u8]) -> Option<&'static Spec> {
 pub(super) fn arity_ok(arity: i32, argc: usize) -> bool {
     let argc = i64::try_from(argc).unwrap_or(i64::MAX);
     let arity = i64::from(arity);
-    if arity >= 0 { argc == arity } else { argc >= -arity }
+    if arity >= 0 {
+        argc == arity
+    } else {
+        argc >= -arity
+    }
 }
 
 /// `ERR wrong number of arguments for 'name' command`; `name` is
 /// `container|sub` for a subcommand.
 pub(super) fn wrong_arity(name: &str) -> Reply {
-    Reply::error(format!("ERR wrong number of arguments for '{name}' command"))
+    Reply::error(format!(
+        "ERR wrong number of arguments for '{name}' command"
+    ))
 }
 
 /// Redis's reply to an unknown command: its name and the start of its
