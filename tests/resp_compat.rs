@@ -10,82 +10,8 @@
 
 mod resp_support;
 
-use std::sync::Arc;
-
-use bytes::BytesMut;
-use kvs::command::{ServerContext, Session, Step, dispatch};
-use kvs::protocol::resp::{Limits, RespDecoder};
 use kvs::{KvStore, KvsEngine, MemoryEngine};
-use resp_support::{RawConn, RedisServer, multibulk, reply_len};
-
-/// One connection's worth of kvs, in process.
-struct Kvs<E: KvsEngine> {
-    engine: E,
-    ctx: Arc<ServerContext>,
-    session: Session,
-    decoder: RespDecoder,
-    buf: BytesMut,
-    closed: bool,
-}
-
-impl<E: KvsEngine> Kvs<E> {
-    fn new(engine: E, requirepass: Option<&str>) -> Kvs<E> {
-        let mut ctx = ServerContext::new(Box::new(Default::default));
-        ctx.requirepass = requirepass.map(str::to_owned);
-        let ctx = Arc::new(ctx);
-        Kvs {
-            session: Session::new(&ctx),
-            engine,
-            ctx,
-            decoder: RespDecoder::new(),
-            buf: BytesMut::new(),
-            closed: false,
-        }
-    }
-
-    /// Another connection to the same engine and context.
-    fn connection(&self) -> Kvs<E> {
-        Kvs {
-            engine: self.engine.clone(),
-            ctx: self.ctx.clone(),
-            session: Session::new(&self.ctx),
-            decoder: RespDecoder::new(),
-            buf: BytesMut::new(),
-            closed: false,
-        }
-    }
-
-    /// Feeds request bytes; the bytes of every reply they produce.
-    fn feed(&mut self, bytes: &[u8]) -> Vec<u8> {
-        let mut out = BytesMut::new();
-        self.buf.extend_from_slice(bytes);
-        while !self.closed {
-            let authenticated = self.session.is_authenticated();
-            match self
-                .decoder
-                .decode(&mut self.buf, &Limits::default(), authenticated)
-            {
-                Ok(None) => break,
-                Ok(Some(args)) => match dispatch(args, &mut self.session, &self.ctx) {
-                    Step::Reply(r) => r.encode(&mut out),
-                    Step::Close(r) => {
-                        r.encode(&mut out);
-                        self.closed = true;
-                    }
-                    Step::Engine(cmd) => cmd
-                        .execute(&self.engine, &self.ctx, 16 << 20)
-                        .reply
-                        .encode(&mut out),
-                },
-                Err(e) => {
-                    e.reply().encode(&mut out);
-                    self.closed = true;
-                }
-            }
-        }
-        out.to_vec()
-    }
-}
+use resp_support::{Kvs, RawConn, RedisServer, multibulk, reply_len};
 
 /// Splits a script line into arguments: spaces separate, `"..."` groups
 /// (no escapes), `""` is an empty argument.

@@ -1,6 +1,7 @@
 //! Shared by the RESP test files: a real `redis-server` child to compare
 //! against, a raw-socket connection that reads whole RESP replies as
-//! bytes, and a RESP reply splitter.
+//! bytes, a RESP reply splitter, and [`Kvs`]: the command layer run in
+//! process (decoder, `dispatch`, `execute`) the way a connection runs it.
 //!
 //! A test that needs `redis-server` calls [`RedisServer::start`]; when the
 //! binary is absent it prints `SKIPPED: ...` and gets `None`, except under
@@ -10,7 +11,13 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use kvs::KvsEngine;
+use kvs::command::{ServerContext, Session, Step, dispatch};
+use kvs::protocol::resp::{Limits, RespDecoder};
 
 /// A `redis-server` child on a free loopback port, without persistence and
 /// with one database (as kvs has), killed on drop.
@@ -196,5 +203,89 @@ impl RawConn {
         self.stream
             .set_read_timeout(Some(timeout))
             .expect("set timeout");
+    }
+}
+
+/// One connection's worth of kvs, in process.
+pub struct Kvs<E: KvsEngine> {
+    pub engine: E,
+    pub ctx: Arc<ServerContext>,
+    pub session: Session,
+    decoder: RespDecoder,
+    buf: BytesMut,
+    /// Set after QUIT or a protocol error: the server would close.
+    pub closed: bool,
+    /// The response budget passed to `execute`.
+    pub budget: usize,
+}
+
+impl<E: KvsEngine> Kvs<E> {
+    pub fn new(engine: E, requirepass: Option<&str>) -> Kvs<E> {
+        let mut ctx = ServerContext::new(Box::new(Default::default));
+        ctx.requirepass = requirepass.map(str::to_owned);
+        let ctx = Arc::new(ctx);
+        Kvs {
+            session: Session::new(&ctx),
+            engine,
+            ctx,
+            decoder: RespDecoder::new(),
+            buf: BytesMut::new(),
+            closed: false,
+            budget: 16 << 20,
+        }
+    }
+
+    /// Another connection to the same engine and context.
+    pub fn connection(&self) -> Kvs<E> {
+        Kvs {
+            engine: self.engine.clone(),
+            ctx: self.ctx.clone(),
+            session: Session::new(&self.ctx),
+            decoder: RespDecoder::new(),
+            buf: BytesMut::new(),
+            closed: false,
+            budget: 16 << 20,
+        }
+    }
+
+    /// Feeds request bytes; the bytes of every reply they produce.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        self.buf.extend_from_slice(bytes);
+        while !self.closed {
+            let authenticated = self.session.is_authenticated();
+            match self
+                .decoder
+                .decode(&mut self.buf, &Limits::default(), authenticated)
+            {
+                Ok(None) => break,
+                Ok(Some(args)) => match dispatch(args, &mut self.session, &self.ctx) {
+                    Step::Reply(r) => r.encode(&mut out),
+                    Step::Close(r) => {
+                        r.encode(&mut out);
+                        self.closed = true;
+                    }
+                    Step::Engine(cmd) => cmd
+                        .execute(&self.engine, &self.ctx, self.budget)
+                        .reply
+                        .encode(&mut out),
+                },
+                Err(e) => {
+                    e.reply().encode(&mut out);
+                    self.closed = true;
+                }
+            }
+        }
+        out.to_vec()
+    }
+
+    /// Runs one command given as arguments; its reply's bytes.
+    pub fn call(&mut self, args: &[&[u8]]) -> Vec<u8> {
+        self.feed(&multibulk(args))
+    }
+
+    /// Runs one command written as a space-separated line.
+    pub fn line(&mut self, line: &str) -> String {
+        String::from_utf8_lossy(&self.feed(&cmd(line))).into_owned()
     }
 }
