@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use kvs::engine::memory::{EvictionPolicy, MemoryOptions, parse_size};
 use kvs::server::{EngineKind, ServerConfig, Settings};
 use kvs::{DEFAULT_ADDR, SyncMode};
 use tokio_util::sync::CancellationToken;
@@ -43,9 +44,21 @@ struct Cli {
     /// Seconds a connection may stay idle between requests.
     #[arg(long, env = "KVS_IDLE_TIMEOUT", default_value_t = ServerConfig::default().idle_timeout.as_secs())]
     idle_timeout: u64,
+    /// Memory bound of the memory engine: bytes, or with kb/mb/gb
+    /// (e.g. 512mb, 2gb); 0 for none. Refused with the kvs engine.
+    #[arg(long, env = "KVS_MAX_MEMORY", value_parser = parse_max_memory, default_value = "0")]
+    max_memory: u64,
+    /// What the memory engine does at --max-memory: noeviction (refuse
+    /// writes), lru, sieve or s3fifo.
+    #[arg(long, env = "KVS_EVICTION", default_value_t = EvictionPolicy::DEFAULT)]
+    eviction: EvictionPolicy,
     /// Log filter: error, warn, info, debug, trace, or a tracing directive.
     #[arg(long, env = "KVS_LOG_LEVEL", default_value = "info")]
     log_level: String,
+}
+
+fn parse_max_memory(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -92,6 +105,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         sync: cli.sync,
         threads,
         config,
+        memory: MemoryOptions {
+            max_memory: cli.max_memory,
+            eviction: cli.eviction,
+        },
     };
 
     // NOTE: on 2 cores one I/O thread beside the engine pool served 1.4x to

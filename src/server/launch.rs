@@ -10,6 +10,7 @@ use tracing::info;
 
 use super::engine::with_context;
 use super::{EngineKind, ServerConfig, check_and_record_engine, run};
+use crate::engine::memory::MemoryOptions;
 use crate::thread_pool::{SharedQueueThreadPool, ThreadPool};
 use crate::{KvStore, KvsEngine, KvsError, MemoryEngine, Options, Result, SyncMode};
 
@@ -28,6 +29,9 @@ pub struct Settings {
     pub threads: u32,
     /// Limits and timeouts.
     pub config: ServerConfig,
+    /// Memory bound and eviction policy of the memory engine; the kvs
+    /// engine refuses a bound (its values are on disk).
+    pub memory: MemoryOptions,
 }
 
 /// Checks the data directory, opens the engine, binds `settings.addr` and
@@ -37,6 +41,13 @@ pub struct Settings {
 /// engine ([`KvsError::EngineMismatch`]) or is locked by another process.
 pub async fn serve(settings: Settings, token: CancellationToken) -> Result<()> {
     settings.config.validate()?;
+    if settings.engine == EngineKind::Kvs && settings.memory.max_memory != 0 {
+        return Err(KvsError::InvalidInput(
+            "--max-memory bounds the memory engine only (the kvs engine keeps values on disk); \
+             use --engine memory, or drop --max-memory"
+                .to_owned(),
+        ));
+    }
     let dir = settings.dir.clone();
     let dir_context = |e| with_context(e, &format!("cannot use data directory {}", dir.display()));
     std::fs::create_dir_all(&dir).map_err(dir_context)?;
@@ -62,7 +73,10 @@ pub async fn serve(settings: Settings, token: CancellationToken) -> Result<()> {
                 .await??;
             start(settings, store, pool, token).await
         }
-        EngineKind::Memory => start(settings, MemoryEngine::new(), pool, token).await,
+        EngineKind::Memory => {
+            let engine = MemoryEngine::with_options(settings.memory);
+            start(settings, engine, pool, token).await
+        }
     }
 }
 
@@ -83,6 +97,8 @@ async fn start<E: KvsEngine>(
         dir = %settings.dir.display(),
         sync = %settings.sync,
         threads = settings.threads,
+        max_memory = settings.memory.max_memory,
+        eviction = %settings.memory.eviction,
         "kvs-server listening on {addr}"
     );
     run(listener, engine, pool, settings.config, token).await

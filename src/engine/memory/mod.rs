@@ -4,6 +4,8 @@
 //! - [`store`]: the ordered index, the striped write locks (each with the
 //!   expiry index of its keys) and the byte accounting.
 //! - [`expiry`]: the background thread that removes expired keys.
+//! - [`policy`]: what to evict at the memory bound (SIEVE, S3-FIFO, LRU).
+//! - [`size`]: parsing `--max-memory` sizes.
 //!
 //! Reads take no lock but the entry's own; every write to a key runs under
 //! the key's stripe lock, so [`update`](KvsEngine::update) is an atomic
@@ -11,6 +13,8 @@
 
 mod expiry;
 mod item;
+mod policy;
+mod size;
 mod store;
 
 use std::ops::Bound;
@@ -20,7 +24,21 @@ use std::sync::atomic::Ordering;
 use crate::engine::{EngineStats, Entry, NO_EXPIRY, Update, expired_at, now_ms};
 use crate::{KvsEngine, KvsError, Result};
 use item::Body;
+pub use item::{ENTRY_OVERHEAD, EXPIRY_OVERHEAD};
+pub use policy::EvictionPolicy;
+pub use size::parse_size;
+pub use store::OOM_MESSAGE;
 use store::Store;
+
+/// How a [`MemoryEngine`] is bounded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryOptions {
+    /// Bound on the accounted bytes (keys, values and per-entry overhead,
+    /// [`ENTRY_OVERHEAD`]); 0 for none.
+    pub max_memory: u64,
+    /// What happens at the bound.
+    pub eviction: EvictionPolicy,
+}
 
 /// A [`KvsEngine`] on a concurrent skip list, with nothing on disk.
 ///
@@ -38,9 +56,14 @@ impl Default for MemoryEngine {
 }
 
 impl MemoryEngine {
-    /// Creates an empty engine and starts its expiry thread.
+    /// Creates an empty, unbounded engine and starts its expiry thread.
     pub fn new() -> MemoryEngine {
-        let store = Arc::new(Store::default());
+        MemoryEngine::with_options(MemoryOptions::default())
+    }
+
+    /// Creates an empty engine bounded by `options`.
+    pub fn with_options(options: MemoryOptions) -> MemoryEngine {
+        let store = Arc::new(Store::new(options.max_memory, options.eviction));
         if let Err(e) = expiry::spawn(Arc::downgrade(&store)) {
             // Expired keys are still never returned and are removed when
             // touched; only the reclaiming of untouched ones is lost.
@@ -61,10 +84,13 @@ impl MemoryEngine {
                 return None;
             }
         }
-        Some(Entry {
+        let entry = Entry {
             value: body.value.to_string(),
             expires_at: body.expires_at,
-        })
+        };
+        drop(body);
+        self.store.policy.touch(item);
+        Some(entry)
     }
 }
 
@@ -106,7 +132,9 @@ impl KvsEngine for MemoryEngine {
             value: value.into_boxed_str(),
             expires_at,
         };
-        self.store.write_locked(&mut stripe, key, body);
+        self.store.write_locked(&mut stripe, key, body)?;
+        drop(stripe);
+        self.store.evict_to_bound();
         Ok(())
     }
 
@@ -146,7 +174,7 @@ impl KvsEngine for MemoryEngine {
                         value: entry.value.into_boxed_str(),
                         expires_at: entry.expires_at,
                     };
-                    self.store.write_locked(&mut stripe, key, body);
+                    self.store.write_locked(&mut stripe, key, body)?;
                 }
             }
             Update::Remove => {
@@ -155,6 +183,8 @@ impl KvsEngine for MemoryEngine {
                 }
             }
         }
+        drop(stripe);
+        self.store.evict_to_bound();
         Ok(result)
     }
 
@@ -201,6 +231,7 @@ impl KvsEngine for MemoryEngine {
         EngineStats {
             keys: self.len(),
             used_memory: self.store.used.load(Ordering::Relaxed),
+            max_memory: self.store.max_memory,
             expired: self.store.expired.load(Ordering::Relaxed),
             evicted: self.store.evicted.load(Ordering::Relaxed),
             ..EngineStats::default()

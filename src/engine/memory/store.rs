@@ -11,7 +11,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crossbeam_skiplist::SkipMap;
 
 use super::item::{Body, Item, Key};
+use super::policy::{EvictionPolicy, Policy};
 use crate::engine::{NO_EXPIRY, expired_at};
+use crate::{KvsError, Result};
+
+/// Redis's text for a write refused under `noeviction` (RESP answers
+/// `-OOM ` and this); the message of every [`KvsError::OutOfMemory`] the
+/// memory engine returns.
+pub const OOM_MESSAGE: &str = "command not allowed when used memory > 'maxmemory'.";
 
 /// Stripes of write locks. Enough that writers of different keys rarely
 /// share one, few enough that `clear` can take them all.
@@ -38,18 +45,15 @@ pub struct Store {
     pub expired: AtomicU64,
     /// Keys removed to stay under the bound.
     pub evicted: AtomicU64,
+    /// The bound on `used`, 0 for none.
+    pub max_memory: u64,
+    /// What goes when the bound is reached.
+    pub policy: Policy,
 }
 
 impl Default for Store {
     fn default() -> Store {
-        Store {
-            map: SkipMap::new(),
-            stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
-            hasher: RandomState::new(),
-            used: AtomicU64::new(0),
-            expired: AtomicU64::new(0),
-            evicted: AtomicU64::new(0),
-        }
+        Store::new(0, EvictionPolicy::DEFAULT)
     }
 }
 
@@ -58,6 +62,20 @@ fn address(item: &Arc<Item>) -> usize {
 }
 
 impl Store {
+    /// An empty store bounded to `max_memory` bytes (0: unbounded).
+    pub fn new(max_memory: u64, eviction: EvictionPolicy) -> Store {
+        Store {
+            map: SkipMap::new(),
+            stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            used: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+            max_memory,
+            policy: Policy::new(eviction, max_memory),
+        }
+    }
+
     /// Locks the stripe of `key`. Every write to a key happens under it.
     /// No code holds two stripe locks except [`lock_all`](Self::lock_all),
     /// which takes them in order, so there is no deadlock.
@@ -87,14 +105,22 @@ impl Store {
     }
 
     /// Writes `body` to `key`, in place when the key exists. The caller
-    /// holds the key's stripe lock (`stripe`) and has admitted the change
-    /// in bytes. Returns the item created, if any.
-    pub fn write_locked(&self, stripe: &mut Stripe, key: String, body: Body) -> Option<Arc<Item>> {
+    /// holds the key's stripe lock (`stripe`), and calls
+    /// [`evict_to_bound`](Self::evict_to_bound) after releasing it.
+    ///
+    /// Under `noeviction` a write that would take the total over the bound
+    /// is refused with [`KvsError::OutOfMemory`] and changes nothing; under
+    /// every policy an entry larger than the whole bound is refused.
+    pub fn write_locked(&self, stripe: &mut Stripe, key: String, body: Body) -> Result<()> {
+        let new_charge = body.charge(key.len());
+        if self.max_memory != 0 && new_charge > self.max_memory {
+            return Err(KvsError::OutOfMemory(OOM_MESSAGE.to_owned()));
+        }
         match self.lookup(&key) {
             Some(item) => {
                 let mut old = item.body();
                 let old_charge = old.charge(key.len());
-                let new_charge = body.charge(key.len());
+                self.reserve(old_charge, new_charge)?;
                 if old.expires_at != NO_EXPIRY {
                     stripe.expiry.remove(&(old.expires_at, address(&item)));
                 }
@@ -105,11 +131,10 @@ impl Store {
                 }
                 *old = body;
                 drop(old);
-                self.account(old_charge, new_charge);
-                None
+                self.policy.touch(&item);
             }
             None => {
-                let charge = body.charge(key.len());
+                self.reserve(0, new_charge)?;
                 let expires_at = body.expires_at;
                 let item = Item::new(key, body);
                 if expires_at != NO_EXPIRY {
@@ -118,8 +143,52 @@ impl Store {
                         .insert((expires_at, address(&item)), item.clone());
                 }
                 self.map.insert(Key(item.clone()), ());
-                self.used.fetch_add(charge, Ordering::Relaxed);
-                Some(item)
+                self.policy.insert(&item, new_charge, self.map.len());
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the accounting from `old` to `new` bytes. Under `noeviction`
+    /// the growth is reserved with a compare-and-swap, so concurrent
+    /// writers cannot together pass the bound.
+    fn reserve(&self, old: u64, new: u64) -> Result<()> {
+        if new <= old {
+            self.used.fetch_sub(old - new, Ordering::Relaxed);
+            return Ok(());
+        }
+        let grow = new - old;
+        if self.max_memory != 0 && self.policy.kind() == EvictionPolicy::NoEviction {
+            let max = self.max_memory;
+            self.used
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                    used.checked_add(grow).filter(|total| *total <= max)
+                })
+                .map_err(|_| KvsError::OutOfMemory(OOM_MESSAGE.to_owned()))?;
+        } else {
+            self.used.fetch_add(grow, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Evicts until the total is within the bound (or nothing is left to
+    /// evict). Called by a writer after it released its stripe lock, so
+    /// taking the victim's stripe lock cannot deadlock; concurrent writers
+    /// each bring the total back, so it exceeds the bound by at most one
+    /// entry per writer in flight.
+    pub fn evict_to_bound(&self) {
+        if self.max_memory == 0 {
+            return;
+        }
+        while self.used.load(Ordering::Relaxed) > self.max_memory {
+            let Some(victim) = self.policy.victim() else {
+                return;
+            };
+            let mut stripe = self.lock(victim.key());
+            let current = self.lookup(victim.key());
+            if current.is_some_and(|c| Arc::ptr_eq(&c, &victim)) {
+                self.remove_locked(&mut stripe, &victim);
+                self.evicted.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -172,14 +241,7 @@ impl Store {
             s.expiry.clear();
         }
         self.used.store(0, Ordering::Relaxed);
-    }
-
-    fn account(&self, old: u64, new: u64) {
-        if new >= old {
-            self.used.fetch_add(new - old, Ordering::Relaxed);
-        } else {
-            self.used.fetch_sub(old - new, Ordering::Relaxed);
-        }
+        self.policy.clear();
     }
 }
 

@@ -1,0 +1,196 @@
+//! Which entry to evict when the memory bound is reached.
+//!
+//! Each policy keeps its own queue of weak handles to the items, behind one
+//! mutex taken on insert and on eviction only; a read marks its item with
+//! one relaxed atomic store ([`Policy::touch`]) and takes no lock.
+//! Removed items stay in the queues as dead handles until the policy meets
+//! them or compacts its queues.
+//!
+//! - [`sieve`]: SIEVE (Zhang et al., NSDI '24): a FIFO with a visited bit
+//!   and a hand that keeps visited items in place.
+//! - [`s3fifo`]: S3-FIFO (Yang et al., SOSP '23): a small probationary
+//!   FIFO, a main FIFO with reinsertion and a ghost FIFO of recent victims.
+//! - [`lru`]: Redis's approximated LRU: sample five entries, evict the
+//!   least recently used of a pool of the best candidates seen.
+
+mod lru;
+mod s3fifo;
+mod sieve;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::item::Item;
+use crate::{KvsError, Result};
+
+/// What the memory engine does when a write would take it over its bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictionPolicy {
+    /// Refuse the write with [`KvsError::OutOfMemory`]; nothing is lost.
+    NoEviction,
+    /// Redis's sampled approximation of least-recently-used.
+    Lru,
+    /// SIEVE.
+    Sieve,
+    /// S3-FIFO.
+    S3Fifo,
+}
+
+impl EvictionPolicy {
+    /// The default for a bounded memory engine, chosen by measurement
+    /// (BENCHMARKS.md, "Cache hit ratio").
+    pub const DEFAULT: EvictionPolicy = EvictionPolicy::S3Fifo;
+
+    /// Every policy, for benchmarks and help texts.
+    pub const ALL: [EvictionPolicy; 4] = [
+        EvictionPolicy::NoEviction,
+        EvictionPolicy::Lru,
+        EvictionPolicy::Sieve,
+        EvictionPolicy::S3Fifo,
+    ];
+
+    /// The name used by `--eviction`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EvictionPolicy::NoEviction => "noeviction",
+            EvictionPolicy::Lru => "lru",
+            EvictionPolicy::Sieve => "sieve",
+            EvictionPolicy::S3Fifo => "s3fifo",
+        }
+    }
+}
+
+impl Default for EvictionPolicy {
+    fn default() -> EvictionPolicy {
+        EvictionPolicy::DEFAULT
+    }
+}
+
+impl fmt::Display for EvictionPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for EvictionPolicy {
+    type Err = KvsError;
+
+    /// Accepts the names of [`name`](Self::name) and Redis's
+    /// `allkeys-lru` for [`Lru`](Self::Lru).
+    fn from_str(s: &str) -> Result<EvictionPolicy> {
+        match s.to_ascii_lowercase().as_str() {
+            "noeviction" => Ok(EvictionPolicy::NoEviction),
+            "lru" | "allkeys-lru" => Ok(EvictionPolicy::Lru),
+            "sieve" => Ok(EvictionPolicy::Sieve),
+            "s3fifo" | "s3-fifo" => Ok(EvictionPolicy::S3Fifo),
+            other => Err(KvsError::InvalidInput(format!(
+                "unknown eviction policy `{other}` (expected noeviction, lru, sieve or s3fifo)"
+            ))),
+        }
+    }
+}
+
+/// A policy's queues.
+enum Queues {
+    None,
+    Lru(lru::Lru),
+    Sieve(sieve::Sieve),
+    S3Fifo(s3fifo::S3Fifo),
+}
+
+/// The eviction state of one engine.
+pub struct Policy {
+    kind: EvictionPolicy,
+    queues: Mutex<Queues>,
+}
+
+impl Policy {
+    /// State for `kind` with a bound of `max_memory` bytes (0: unbounded,
+    /// and no queue is kept at all).
+    pub fn new(kind: EvictionPolicy, max_memory: u64) -> Policy {
+        let queues = match kind {
+            _ if max_memory == 0 => Queues::None,
+            EvictionPolicy::NoEviction => Queues::None,
+            EvictionPolicy::Lru => Queues::Lru(lru::Lru::default()),
+            EvictionPolicy::Sieve => Queues::Sieve(sieve::Sieve::default()),
+            EvictionPolicy::S3Fifo => Queues::S3Fifo(s3fifo::S3Fifo::new(max_memory)),
+        };
+        Policy {
+            kind,
+            queues: Mutex::new(queues),
+        }
+    }
+
+    /// The policy.
+    pub fn kind(&self) -> EvictionPolicy {
+        self.kind
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queues> {
+        // Queue operations do not panic between steps that must go
+        // together (a push or a pop each), so a poisoned queue is usable.
+        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a new item of `charge` bytes; `live` is the number of keys,
+    /// to know when dead handles are worth compacting away.
+    pub fn insert(&self, item: &Arc<Item>, charge: u64, live: usize) {
+        match &mut *self.lock() {
+            Queues::None => {}
+            Queues::Lru(q) => q.insert(item, live),
+            Queues::Sieve(q) => q.insert(item, live),
+            Queues::S3Fifo(q) => q.insert(item, charge, live),
+        }
+    }
+
+    /// Marks a read (or overwrite) of `item`. Lock-free.
+    pub fn touch(&self, item: &Item) {
+        match self.kind {
+            EvictionPolicy::NoEviction => {}
+            EvictionPolicy::Lru => lru::touch(item),
+            EvictionPolicy::Sieve => {
+                // Load first: a hot item's cache line stays shared.
+                if item.meta.load(Ordering::Relaxed) == 0 {
+                    item.meta.store(1, Ordering::Relaxed);
+                }
+            }
+            EvictionPolicy::S3Fifo => s3fifo::touch(item),
+        }
+    }
+
+    /// Takes the next victim out of the queues: a live item the caller
+    /// removes, or `None` when there is nothing left to evict.
+    pub fn victim(&self) -> Option<Arc<Item>> {
+        match &mut *self.lock() {
+            Queues::None => None,
+            Queues::Lru(q) => q.victim(),
+            Queues::Sieve(q) => q.victim(),
+            Queues::S3Fifo(q) => q.victim(),
+        }
+    }
+
+    /// Forgets every item (the engine was cleared).
+    pub fn clear(&self) {
+        match &mut *self.lock() {
+            Queues::None => {}
+            Queues::Lru(q) => *q = lru::Lru::default(),
+            Queues::Sieve(q) => *q = sieve::Sieve::default(),
+            Queues::S3Fifo(q) => q.clear(),
+        }
+    }
+}
+
+/// Whether a queue of `len` handles over `live` keys holds enough dead ones
+/// to be worth a compaction pass (amortised O(1) per insert).
+fn worth_compacting(len: usize, live: usize) -> bool {
+    len > 2 * live + 1024
+}
+
+/// A live item behind a queue handle, or `None` for a dead handle.
+fn alive(handle: &std::sync::Weak<Item>) -> Option<Arc<Item>> {
+    handle
+        .upgrade()
+        .filter(|item| !item.removed.load(Ordering::Relaxed))
+}
