@@ -325,11 +325,11 @@ fn newest_tail(p: &Path, offset: u64, reason: &str, len: u64, crc: u32) -> Resul
         }
         return Err(corrupt(reason.to_string()));
     }
-    if segment::zero_from(p, offset, len)? {
+    let Some(last) = segment::last_nonzero(p, offset, len)? else {
         // The reserved, never written end of the active segment.
         return Ok((offset, crc));
-    }
-    if segment::valid_record_after(p, offset, len)? {
+    };
+    if segment::valid_record_after(p, offset, last, len)? {
         return Err(corrupt(format!(
             "{reason}; valid records follow, so this is damage inside the file, not a torn tail"
         )));

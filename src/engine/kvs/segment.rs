@@ -386,39 +386,49 @@ pub fn last_nonzero(p: &Path, offset: u64, len: u64) -> io::Result<Option<u64>> 
 }
 
 /// Whether a whole, valid record starts anywhere in `p` after `offset`
-/// (file length `len`): then the bad bytes at `offset` are damage inside the
-/// file, not a torn tail. Only runs on a damaged segment, and only up to
-/// the last non-zero byte: a torn write in front of the zeroed, reserved
-/// end of the active segment (up to `segment_max_bytes`) costs one fast
-/// zero check, not a search at every byte position of it.
-pub fn valid_record_after(p: &Path, offset: u64, len: u64) -> io::Result<bool> {
+/// (file length `len`, last non-zero byte at `last`): then the bad bytes at
+/// `offset` are damage inside the file, not a torn tail. Only runs on a
+/// damaged segment, and only up to the last non-zero byte: a torn write in
+/// front of the zeroed, reserved end of the active segment (up to
+/// `segment_max_bytes`) costs one backwards zero check, not a search at
+/// every byte position of it.
+pub fn valid_record_after(p: &Path, offset: u64, last: u64, len: u64) -> io::Result<bool> {
+    // A record's kind byte is not zero, so none starts after `last`; one
+    // that starts before it may end in zeros past it.
+    const MARGIN: u64 = 64 << 10;
     let start = offset + 1;
-    // A record has a non-zero crc-covered kind byte, so no record starts
-    // later than the last non-zero byte.
-    let Some(last) = last_nonzero(p, start, len)? else {
+    if start > last {
         return Ok(false);
-    };
-    let mut rest = vec![
-        0u8;
-        len.min(last + 1 + (super::record::MAX_VALUE_LEN as u64))
-            .saturating_sub(start) as usize
-    ];
-    File::open(p)
-        .and_then(|f| f.read_exact_at(&mut rest, start))
+    }
+    let file = File::open(p).map_err(io_at("open segment", p))?;
+    let end = len.min(last + 1 + MARGIN);
+    let mut rest = vec![0u8; (end - start) as usize];
+    file.read_exact_at(&mut rest, start)
         .map_err(io_at("read", p))?;
-    let search_end = (last + 1 - start) as usize;
-    let mut at = 0usize;
-    while at < search_end && at + RECORD_HEADER_LEN <= rest.len() {
-        let hb: &[u8; RECORD_HEADER_LEN] = rest[at..at + RECORD_HEADER_LEN]
-            .try_into()
-            .expect("slice is exactly a header long");
-        if let Ok(h) = Header::decode(hb)
-            && let Some(rec) = rest.get(at..at + h.record_len())
-            && record::crc_ok(rec, h.crc)
-        {
+    let mut long = Vec::new();
+    for at in 0..=(last - start) as usize {
+        let Some(hb) = rest.get(at..at + RECORD_HEADER_LEN) else {
+            break;
+        };
+        let hb: &[u8; RECORD_HEADER_LEN] = hb.try_into().expect("slice is exactly a header long");
+        let Ok(h) = Header::decode(hb) else { continue };
+        let rec = match rest.get(at..at + h.record_len()) {
+            Some(rec) => rec,
+            None => {
+                // Longer than the buffer: read just this candidate.
+                let rec_start = start + at as u64;
+                if rec_start + h.record_len() as u64 > len {
+                    continue;
+                }
+                long.resize(h.record_len(), 0);
+                file.read_exact_at(&mut long, rec_start)
+                    .map_err(io_at("read", p))?;
+                &long[..]
+            }
+        };
+        if record::crc_ok(rec, h.crc) {
             return Ok(true);
         }
-        at += 1;
     }
     Ok(false)
 }
@@ -464,4 +474,51 @@ pub fn read_record(
         offset,
         reason: reason.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_nonzero_finds_the_last_set_byte_at_any_alignment() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let p = dir.path().join("f");
+        let len = (1 << 20) + 77;
+        for at in [0usize, 1, 7, 8, 9, 4095, 1 << 20, (1 << 20) + 5, len - 1] {
+            let mut bytes = vec![0u8; len];
+            bytes[at] = 3;
+            fs::write(&p, &bytes).unwrap();
+            assert_eq!(last_nonzero(&p, 0, len as u64).unwrap(), Some(at as u64));
+            assert_eq!(
+                last_nonzero(&p, at as u64 + 1, len as u64).unwrap(),
+                None,
+                "{at}"
+            );
+            assert!(!zero_from(&p, at as u64, len as u64).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_record_after_garbage_is_found_even_when_it_ends_in_zeros() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let p = dir.path().join("f");
+        let mut bytes = vec![0u8; 100];
+        bytes[10] = 0xAA; // the damage
+        let at = bytes.len();
+        record::encode(&mut bytes, Kind::Put, b"k", &[0u8; 200_000], 0);
+        bytes.extend_from_slice(&[0u8; 5000]);
+        fs::write(&p, &bytes).unwrap();
+        let len = bytes.len() as u64;
+        let last = last_nonzero(&p, 11, len).unwrap().unwrap();
+        assert!(last < at as u64 + 30, "the value is zeros");
+        assert!(valid_record_after(&p, 10, last, len).unwrap());
+        // Without the record, only garbage: a torn tail.
+        bytes.truncate(at);
+        bytes.extend_from_slice(&[0u8; 5000]);
+        fs::write(&p, &bytes).unwrap();
+        let len = bytes.len() as u64;
+        assert_eq!(last_nonzero(&p, 11, len).unwrap(), None);
+        assert!(!valid_record_after(&p, 9, 10, len).unwrap());
+    }
 }
