@@ -251,8 +251,27 @@ fn a_full_disk_serves_reads_refuses_writes_clearly_and_recovers() {
     assert_eq!(s.len(), written + 1);
 }
 
+/// Opens `data` (already filled with k0..k49) while it cannot be written:
+/// reads are served, writes fail with `ReadOnly` naming the directory.
+fn check_read_only(data: &Path) {
+    let s = KvStore::open_with(data, opts()).unwrap();
+    for i in 0..50 {
+        assert_eq!(s.get(format!("k{i}")).unwrap(), Some(format!("value-{i}")));
+    }
+    let err = s.set("new".into(), "v".into()).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, KvsError::ReadOnly(_)), "{msg}");
+    assert!(
+        msg.contains(data.to_str().unwrap()),
+        "names the directory: {msg}"
+    );
+    assert!(matches!(s.clear(), Err(KvsError::ReadOnly(_))));
+    assert!(matches!(s.remove("k1".into()), Err(KvsError::ReadOnly(_))));
+    assert_eq!(s.len(), 50);
+}
+
 #[test]
-fn a_read_only_directory_is_an_error_naming_file_and_operation() {
+fn a_read_only_directory_serves_reads_and_refuses_writes_by_name() {
     // As root, permission bits do not stop writes: use a read-only mount.
     if is_root() {
         let Some(fs_) = Tmpfs::mount("4m", "read-only directory") else {
@@ -262,17 +281,8 @@ fn a_read_only_directory_is_an_error_naming_file_and_operation() {
         fill(&data, 50);
         let p = fs_.path().to_str().unwrap();
         assert!(sh("mount", &["-o", "remount,ro", p]));
-        let err = KvStore::open_with(&data, opts())
-            .err()
-            .expect("cannot open");
-        let msg = err.to_string();
-        assert!(
-            msg.contains(data.to_str().unwrap()),
-            "names the path: {msg}"
-        );
-        assert!(msg.contains("Read-only file system"), "{msg}");
-        assert!(msg.contains("open "), "names the operation: {msg}");
-        sh("mount", &["-o", "remount,rw", p]);
+        check_read_only(&data);
+        assert!(sh("mount", &["-o", "remount,rw", p]));
     } else {
         use std::os::unix::fs::PermissionsExt;
         let dir = TempDir::new().unwrap();
@@ -282,17 +292,27 @@ fn a_read_only_directory_is_an_error_naming_file_and_operation() {
             fs::set_permissions(p, fs::Permissions::from_mode(0o444)).unwrap();
         }
         fs::set_permissions(&data, fs::Permissions::from_mode(0o555)).unwrap();
-        let err = KvStore::open_with(&data, opts())
-            .err()
-            .expect("cannot open");
-        let msg = err.to_string();
+        check_read_only(&data);
         fs::set_permissions(&data, fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(
-            msg.contains(data.to_str().unwrap()),
-            "names the path: {msg}"
-        );
-        assert!(msg.contains("Permission denied"), "{msg}");
     }
+}
+
+#[test]
+fn startup_io_errors_name_the_file_and_the_operation() {
+    let dir = TempDir::new().unwrap();
+    fill(dir.path(), 10);
+    let odd = dir.path().join("00000000000000000099.log");
+    fs::create_dir(&odd).unwrap();
+    let msg = KvStore::open_with(dir.path(), opts())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(msg.contains(odd.to_str().unwrap()), "{msg}");
+    assert!(msg.contains("Is a directory"), "{msg}");
+    assert!(
+        msg.contains("read ") || msg.contains("open "),
+        "names the operation: {msg}"
+    );
 }
 
 #[test]

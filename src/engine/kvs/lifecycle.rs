@@ -47,7 +47,10 @@ impl Drop for Guard {
         // (up to `segment_max_bytes` of reading); the open reserves it again.
         // Every clone is gone and the threads are joined: nothing else maps
         // the file.
-        if let Err(e) = self.core.lock_writer().trim() {
+        let mut w = self.core.lock_writer();
+        if w.read_only.is_none()
+            && let Err(e) = w.trim()
+        {
             tracing::warn!(error = %e, dir = %self.core.dir.display(), "cannot trim the active segment");
         }
     }
@@ -76,13 +79,21 @@ impl KvStore {
         let dir = path.into();
         std::fs::create_dir_all(&dir).map_err(segment::io_at("create directory", &dir))?;
         let lock_path = dir.join("LOCK");
-        let lock = OpenOptions::new()
+        let lock = match OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&lock_path)
-            .map_err(segment::io_at("open", &lock_path))?;
+        {
+            Ok(lock) => lock,
+            // A read-only directory: an flock on a read-only descriptor
+            // works, and the store opens for reads only.
+            Err(e) if recovery::not_writable(&e) && lock_path.exists() => {
+                std::fs::File::open(&lock_path).map_err(segment::io_at("open", &lock_path))?
+            }
+            Err(e) => return Err(segment::io_at("open", &lock_path)(e).into()),
+        };
         match lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => return Err(KvsError::Locked { dir }),
@@ -91,7 +102,7 @@ impl KvStore {
         let index = Index::new();
         let rec = recovery::recover(&dir, &index, opts.segment_max_bytes)?;
         tracing::debug!(dir = %dir.display(), keys = index.len(), active = rec.active, "store opened");
-        let map = if rec.sealed {
+        let map = if rec.sealed || rec.read_only.is_some() {
             None
         } else {
             writer::map_active(&rec.file, rec.pos, &segment::path(&dir, rec.active))?
@@ -109,6 +120,7 @@ impl KvStore {
             buf: Vec::new(),
             crc: crc32fast::Hasher::new_with_initial(rec.crc),
             sealed: rec.sealed,
+            read_only: rec.read_only,
         };
         let (compact_tx, compact_rx) = mpsc::channel();
         let core = Arc::new(Core {

@@ -37,6 +37,8 @@ pub struct Recovered {
     /// The newest segment is sealed (a crash between sealing it and
     /// creating the next): the first write starts a new one.
     pub sealed: bool,
+    /// Why the store can only be read (its files are not writable).
+    pub read_only: Option<String>,
 }
 
 /// The last record of each key in one segment, sorted by key.
@@ -68,6 +70,7 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
             index_bytes: 0,
             crc: crc32fast::hash(&record::segment_header()),
             sealed: false,
+            read_only: None,
         });
     };
 
@@ -151,12 +154,24 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
         (live_bytes, index_bytes)
     });
     let p = segment::path(dir, newest);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&p)
-        .map_err(segment::io_at("open for writing", &p))?;
-    if !newest_sealed {
+    let mut read_only = None;
+    let file = match OpenOptions::new().read(true).write(true).open(&p) {
+        Ok(file) => file,
+        Err(e) if not_writable(&e) => {
+            // A read-only file system or files we may not write: serve
+            // reads; every write gets `ReadOnly` with this reason.
+            let why = format!(
+                "{} is not writable (open for writing {}: {e}); serving reads only",
+                dir.display(),
+                p.display()
+            );
+            tracing::error!("{why}");
+            read_only = Some(why);
+            File::open(&p).map_err(segment::io_at("open segment", &p))?
+        }
+        Err(e) => return Err(segment::io_at("open for writing", &p)(e).into()),
+    };
+    if !newest_sealed && read_only.is_none() {
         reserve_newest(dir, &p, &file, segment_size, newest_len)?;
     }
     Ok(Recovered {
@@ -168,7 +183,16 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
         index_bytes,
         crc: newest_crc,
         sealed: newest_sealed,
+        read_only,
     })
+}
+
+/// Whether `e` says the file system or the file refuses writing.
+pub fn not_writable(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+    )
 }
 
 /// Reserves the rest of the newest segment again (closing cut it off). On a
@@ -334,7 +358,13 @@ fn newest_tail(p: &Path, offset: u64, reason: &str, len: u64, crc: u32) -> Resul
             "{reason}; valid records follow, so this is damage inside the file, not a torn tail"
         )));
     }
-    Ok((cut_tail(p, offset, reason, len)?, crc))
+    match cut_tail(p, offset, reason, len) {
+        Ok(new_len) => Ok((new_len, crc)),
+        // Read-only: the tail stays on disk; the store ends at `offset`
+        // for as long as it is open (it cannot be written anyway).
+        Err(KvsError::Io(e)) if not_writable(&e) => Ok((offset, crc)),
+        Err(e) => Err(e),
+    }
 }
 
 /// Truncates a torn tail of the newest segment at `offset`; returns the new

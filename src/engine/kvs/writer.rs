@@ -56,6 +56,8 @@ pub struct Writer {
     pub crc: crc32fast::Hasher,
     /// The active segment carries its seal: nothing more goes into it.
     pub sealed: bool,
+    /// Why nothing can be written (the files are not writable), if so.
+    pub read_only: Option<String>,
 }
 
 impl Writer {
@@ -68,6 +70,7 @@ impl Writer {
     /// when it does not fit with room left for the seal; returns its
     /// offset.
     pub fn append_buf(&mut self, dir: &Path, commit: &GroupCommit) -> Result<u64> {
+        self.check_writable()?;
         let len = self.buf.len() as u64;
         if self.sealed || self.pos + len + SEAL_RECORD_LEN > self.room_end() {
             let next = segment::next_id(self.active)?;
@@ -101,6 +104,14 @@ impl Writer {
         self.lsn += len;
         self.disk_bytes += len;
         Ok(offset)
+    }
+
+    /// `ReadOnly` when the store's files cannot be written.
+    pub fn check_writable(&self) -> Result<()> {
+        match &self.read_only {
+            Some(why) => Err(crate::KvsError::ReadOnly(why.clone())),
+            None => Ok(()),
+        }
     }
 
     /// Cuts the active segment to its records, unmapping it first (a store
@@ -154,6 +165,7 @@ impl Writer {
         need: u64,
         commit: &GroupCommit,
     ) -> Result<()> {
+        self.check_writable()?;
         // NOTE: the old segment is sealed and synced before the new one
         // exists, so after a power loss only the newest segment can have a
         // torn tail (the only place recovery may cut), and every older one
