@@ -465,3 +465,25 @@ fn append_stops_at_the_largest_value() {
     );
     assert_eq!(k.line("STRLEN big"), ":16777216\r\n");
 }
+
+#[test]
+fn the_cursor_table_is_bounded() {
+    let mut k = kvs();
+    k.line("MSET a 1 b 2 c 3");
+    let first = parse_scan(&k.feed(&resp_support::cmd("SCAN 0 COUNT 1"))).0;
+    assert_ne!(first, "0");
+    // The first cursor still resumes after a few others...
+    for _ in 0..100 {
+        k.line("SCAN 0 COUNT 1");
+    }
+    let (_, page) = parse_scan(&k.feed(&resp_support::cmd(&format!("SCAN {first} COUNT 1"))));
+    assert_eq!(page, ["b"]);
+    // ...but not after the table's 16 Ki entries have turned over.
+    for _ in 0..(16 << 10) {
+        k.line("SCAN 0 COUNT 1");
+    }
+    assert!(
+        k.line(&format!("SCAN {first}"))
+            .starts_with("-ERR unknown or expired SCAN cursor")
+    );
+}

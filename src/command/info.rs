@@ -105,7 +105,7 @@ impl Info {
                     line("evicted_keys", &engine_stats.evicted);
                     line("keyspace_hits", &stats.hits);
                     line("keyspace_misses", &stats.misses);
-                    line("total_error_replies", &stats.protocol_errors);
+                    line("kvs_protocol_errors", &stats.protocol_errors);
                 }
                 _ => {
                     // Redis lists only databases that hold keys.

@@ -92,6 +92,10 @@ struct Partial {
 #[derive(Debug, Default)]
 pub struct RespDecoder {
     partial: Option<Partial>,
+    /// Bytes from the start of the line being waited for that are known
+    /// to hold no line end, so a line trickling in a byte at a time is
+    /// searched once, not once per read.
+    scanned: usize,
 }
 
 /// One step of parsing: done, or more bytes are needed.
@@ -123,13 +127,15 @@ impl RespDecoder {
                     return Ok(None);
                 };
                 if first != b'*' {
-                    match decode_inline(buf, limits)? {
+                    match decode_inline(buf, limits, &mut self.scanned)? {
                         None => return Ok(None),
                         Some(args) if args.is_empty() => continue,
                         Some(args) => return Ok(Some(args)),
                     }
                 }
-                let Some((count, pos)) = array_header(buf, limits, authenticated)? else {
+                let Some((count, pos)) =
+                    array_header(buf, limits, authenticated, &mut self.scanned)?
+                else {
                     return Ok(None);
                 };
                 let Ok(count) = usize::try_from(count) else {
@@ -152,7 +158,12 @@ impl RespDecoder {
                 unreachable!("partial command set above");
             };
             while partial.args.len() < partial.count {
-                match bulk(&buf[partial.pos..], limits, authenticated)? {
+                match bulk(
+                    &buf[partial.pos..],
+                    limits,
+                    authenticated,
+                    &mut self.scanned,
+                )? {
                     None => return Ok(None),
                     Some((data, used)) => {
                         let start = partial.pos;
@@ -174,8 +185,15 @@ impl RespDecoder {
 
 /// The `*` line at the start of `buf`: the declared count and the bytes
 /// the line takes.
-fn array_header(buf: &[u8], limits: &Limits, authenticated: bool) -> Step<(i64, usize)> {
-    let Some((line, used)) = header_line(buf, limits, ProtocolError::TooBigMultibulkCount)? else {
+fn array_header(
+    buf: &[u8],
+    limits: &Limits,
+    authenticated: bool,
+    scanned: &mut usize,
+) -> Step<(i64, usize)> {
+    let Some((line, used)) =
+        header_line(buf, limits, ProtocolError::TooBigMultibulkCount, scanned)?
+    else {
         return Ok(None);
     };
     let count = parse_i64(line).ok_or(ProtocolError::InvalidMultibulkLength)?;
@@ -190,14 +208,20 @@ fn array_header(buf: &[u8], limits: &Limits, authenticated: bool) -> Step<(i64, 
 
 /// One `$len\r\ndata\r\n` at the start of `buf`: where the data lies and
 /// the bytes the whole element takes.
-fn bulk(buf: &[u8], limits: &Limits, authenticated: bool) -> Step<(Range<usize>, usize)> {
+fn bulk(
+    buf: &[u8],
+    limits: &Limits,
+    authenticated: bool,
+    scanned: &mut usize,
+) -> Step<(Range<usize>, usize)> {
     let Some(&first) = buf.first() else {
         return Ok(None);
     };
     if first != b'$' {
         return Err(ProtocolError::ExpectedDollar(first));
     }
-    let Some((line, header)) = header_line(buf, limits, ProtocolError::TooBigBulkCount)? else {
+    let Some((line, header)) = header_line(buf, limits, ProtocolError::TooBigBulkCount, scanned)?
+    else {
         return Ok(None);
     };
     let len = parse_i64(line).ok_or(ProtocolError::InvalidBulkLength)?;
@@ -221,24 +245,37 @@ fn bulk(buf: &[u8], limits: &Limits, authenticated: bool) -> Step<(Range<usize>,
 /// excluded) and the bytes the line takes; `too_big` when no line end
 /// comes within the inline limit. A `\r` followed by anything but `\n`
 /// ends the line too and yields an empty body, which no caller accepts
-/// as a number.
+/// as a number. `scanned` carries how far earlier calls searched.
 fn header_line<'a>(
     buf: &'a [u8],
     limits: &Limits,
     too_big: ProtocolError,
+    scanned: &mut usize,
 ) -> Step<(&'a [u8], usize)> {
     let window = &buf[..buf.len().min(limits.max_inline_len + 1)];
-    match window.iter().position(|&b| b == b'\r') {
+    let from = (*scanned).min(window.len());
+    match window[from..]
+        .iter()
+        .position(|&b| b == b'\r')
+        .map(|p| from + p)
+    {
         Some(cr) if cr + 1 < buf.len() => {
+            *scanned = 0;
             if buf[cr + 1] == b'\n' {
                 Ok(Some((&buf[1..cr], cr + 2)))
             } else {
                 Ok(Some((b"", 0)))
             }
         }
-        Some(_) => Ok(None),
+        Some(cr) => {
+            *scanned = cr;
+            Ok(None)
+        }
         None if buf.len() > limits.max_inline_len => Err(too_big),
-        None => Ok(None),
+        None => {
+            *scanned = window.len();
+            Ok(None)
+        }
     }
 }
 
@@ -273,14 +310,21 @@ pub(crate) fn parse_i64(s: &[u8]) -> Option<i64> {
 
 /// One inline command line, removed from `buf`; an empty vector for a
 /// blank line.
-fn decode_inline(buf: &mut BytesMut, limits: &Limits) -> Step<Vec<Bytes>> {
+fn decode_inline(buf: &mut BytesMut, limits: &Limits, scanned: &mut usize) -> Step<Vec<Bytes>> {
     let window = &buf[..buf.len().min(limits.max_inline_len + 1)];
-    let Some(newline) = window.iter().position(|&b| b == b'\n') else {
+    let from = (*scanned).min(window.len());
+    let Some(newline) = window[from..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|p| from + p)
+    else {
         if buf.len() > limits.max_inline_len {
             return Err(ProtocolError::TooBigInline);
         }
+        *scanned = window.len();
         return Ok(None);
     };
+    *scanned = 0;
     let line = buf.split_to(newline + 1);
     let mut line = &line[..newline];
     if let [rest @ .., b'\r'] = line {

@@ -274,3 +274,31 @@ fn reply_encoding() {
         assert_eq!(reply.encoded_len(), want.len(), "{reply:?}");
     }
 }
+
+#[test]
+fn a_trickling_line_is_searched_once() {
+    // Inline: each byte is looked at once, however many reads it takes.
+    let mut d = RespDecoder::new();
+    let mut buf = BytesMut::new();
+    for (i, &b) in b"ECHO trickle".iter().enumerate() {
+        buf.extend_from_slice(&[b]);
+        assert_eq!(d.decode(&mut buf, &limits(), true), Ok(None));
+        assert_eq!(d.scanned, i + 1);
+    }
+    buf.extend_from_slice(b"\r\n");
+    assert_eq!(
+        d.decode(&mut buf, &limits(), true),
+        Ok(Some(args(&["ECHO", "trickle"])))
+    );
+    assert_eq!(d.scanned, 0);
+    // A count line and a length line the same way.
+    for (i, &b) in b"*2\r\n$4\r\nECHO\r\n$7\r\ntrickle\r\n".iter().enumerate() {
+        buf.extend_from_slice(&[b]);
+        let got = d.decode(&mut buf, &limits(), true).unwrap();
+        assert!(d.scanned <= i + 1);
+        if got.is_some() {
+            assert_eq!(got, Some(args(&["ECHO", "trickle"])));
+        }
+    }
+    assert!(buf.is_empty());
+}
