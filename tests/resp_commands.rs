@@ -487,3 +487,55 @@ fn the_cursor_table_is_bounded() {
             .starts_with("-ERR unknown or expired SCAN cursor")
     );
 }
+
+#[test]
+fn context_helpers_for_the_server() {
+    let mut ctx = ServerContext::new(Box::new(Default::default));
+    assert!(ctx.check_password(b"default", b"anything"));
+    ctx.requirepass = Some("pw".into());
+    assert!(ctx.check_password(b"default", b"pw"));
+    for (user, pass) in [
+        (&b"default"[..], &b"pW"[..]),
+        (b"default", b"pw "),
+        (b"default", b""),
+        (b"bob", b"pw"),
+    ] {
+        assert!(!ctx.check_password(user, pass), "{user:?} {pass:?}");
+    }
+    ctx.set_config("maxmemory", "1048576");
+    ctx.set_config("Maxmemory-Policy", "allkeys-lru");
+    ctx.requirepass = None;
+    let mut k = Kvs::new(MemoryEngine::new(), None);
+    k.ctx = Arc::new(ctx);
+    assert_eq!(
+        k.line("CONFIG GET maxmemory"),
+        "*2\r\n$9\r\nmaxmemory\r\n$7\r\n1048576\r\n"
+    );
+    assert_eq!(
+        k.line("CONFIG GET maxmemory-policy"),
+        "*2\r\n$16\r\nmaxmemory-policy\r\n$11\r\nallkeys-lru\r\n"
+    );
+}
+
+#[test]
+fn a_full_memory_engine_answers_redis_oom() {
+    use kvs::engine::memory::{EvictionPolicy, MemoryOptions};
+    let engine = MemoryEngine::with_options(MemoryOptions {
+        max_memory: 4096,
+        eviction: EvictionPolicy::NoEviction,
+    });
+    let mut k = Kvs::new(engine, None);
+    let value = "x".repeat(1000);
+    let mut replies = Vec::new();
+    for i in 0..10 {
+        replies.push(k.line(&format!("SET k{i} {value}")));
+    }
+    assert_eq!(replies[0], "+OK\r\n");
+    assert_eq!(
+        replies.last().unwrap(),
+        "-OOM command not allowed when used memory > 'maxmemory'.\r\n"
+    );
+    // Reads and deletes still work.
+    assert_eq!(k.line("DEL k0"), ":1\r\n");
+    assert_eq!(k.line("EXISTS k1"), ":1\r\n");
+}

@@ -144,6 +144,29 @@ impl ServerContext {
         }
     }
 
+    /// Sets what `CONFIG GET name` answers (e.g. `maxmemory` and
+    /// `maxmemory-policy` from the server's flags), replacing any value.
+    pub fn set_config(&mut self, name: &str, value: impl Into<String>) {
+        let name = name.to_ascii_lowercase();
+        let value = value.into();
+        match self.config.iter_mut().find(|(n, _)| *n == name) {
+            Some(entry) => entry.1 = value,
+            None => self.config.push((name, value)),
+        }
+    }
+
+    /// Whether `user` (only `default` exists) and `password` are accepted,
+    /// compared in constant time; without a password every password is
+    /// (Redis's `nopass` default user). For the native protocol's `Auth`;
+    /// RESP's `AUTH` and `HELLO AUTH` go through it too.
+    pub fn check_password(&self, user: &[u8], password: &[u8]) -> bool {
+        user == b"default"
+            && self
+                .requirepass
+                .as_ref()
+                .is_none_or(|expected| connection::password_matches(password, expected.as_bytes()))
+    }
+
     fn stats(&self) -> StatsSnapshot {
         (self.stats)()
     }
