@@ -123,6 +123,19 @@ impl KvsClient {
         expect_ok(self.call(&Request::Remove { key }).await?)
     }
 
+    /// Authenticates with the server's password.
+    pub async fn auth(&mut self, password: &str) -> Result<()> {
+        expect_ok(self.call(&Request::Auth { password }).await?)
+    }
+
+    /// The server's counters.
+    pub async fn stats(&mut self) -> Result<crate::server::StatsSnapshot> {
+        match self.call(&Request::<&str>::Stats).await? {
+            Response::Stats(stats) => Ok(stats),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Sends `requests` pipelined and returns their responses in order.
     /// Error responses are returned as values, one per request.
     pub async fn pipeline(&mut self, requests: &[Request<&str>]) -> Result<Vec<Response>> {
@@ -248,7 +261,16 @@ impl KvsClient {
     }
 
     /// One request, one response; an error response becomes `Err`.
+    ///
+    /// Refused while pipelined requests wait for their responses: the next
+    /// response to arrive would be theirs, not this request's.
     async fn call<S: serde::Serialize>(&mut self, request: &Request<S>) -> Result<Response> {
+        if self.pending > 0 {
+            return Err(KvsError::InvalidInput(format!(
+                "{} queued request(s) still wait for their responses: recv them before a call",
+                self.pending
+            )));
+        }
         self.queue(request)?;
         self.flush().await?;
         self.recv().await?.into_result()

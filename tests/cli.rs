@@ -435,3 +435,149 @@ fn server_flags_read_environment_variables() {
     server.signal("-TERM");
     assert_eq!(server.wait(), Some(0));
 }
+
+/// Every numeric flag at and past its edges: a clear one-line startup
+/// error, never an accepted value that later overflows (an idle timeout of
+/// u64::MAX seconds used to panic every connection).
+#[test]
+fn numeric_flag_edges_are_startup_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let year = (365u64 * 24 * 3600).to_string();
+    let over_year = (365u64 * 24 * 3600 + 1).to_string();
+    for (flag, value, ok) in [
+        ("--idle-timeout", "18446744073709551615", false),
+        ("--idle-timeout", over_year.as_str(), false),
+        ("--idle-timeout", "0", false),
+        ("--idle-timeout", "-1", false),
+        ("--idle-timeout", year.as_str(), true),
+        ("--max-connections", "0", false),
+        ("--max-connections", "18446744073709551615", false),
+        ("--threads", "0", false),
+        ("--threads", "4294967296", false),
+        ("--io-threads", "0", false),
+    ] {
+        if ok {
+            let server = Server::start(dir.path(), &["--engine", "memory", flag, value]);
+            assert_eq!(server.client(&["ping"]).status.code(), Some(0));
+            server.signal("-TERM");
+            assert_eq!(server.wait(), Some(0));
+            continue;
+        }
+        let o = run(
+            SERVER,
+            &[
+                "--engine",
+                "memory",
+                "--addr",
+                "127.0.0.1:0",
+                "--log-level",
+                "off",
+                flag,
+                value,
+            ],
+            dir.path(),
+        );
+        let err = stderr(&o);
+        assert_ne!(o.status.code(), Some(0), "{flag} {value} accepted");
+        assert!(!err.contains("panicked"), "{flag} {value}: {err}");
+        assert!(!err.trim().is_empty(), "{flag} {value}: no message");
+    }
+}
+
+/// The password comes from a file (a Docker secret) and is required.
+#[test]
+fn requirepass_file_is_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "hunter2\n").unwrap();
+    let server = Server::start_with_env(
+        dir.path(),
+        &["--engine", "memory"],
+        &[("KVS_REQUIREPASS_FILE", secret.to_str().unwrap())],
+    );
+    let o = server.client(&["get", "a"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).to_lowercase().contains("auth"), "{}", stderr(&o));
+    server.signal("-TERM");
+    assert_eq!(server.wait(), Some(0));
+}
+
+/// Under a low open-file limit the default connection cap follows it, so
+/// clients past it are refused with an answer instead of hanging while
+/// `accept` fails.
+#[test]
+fn connection_cap_follows_the_open_file_limit() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(SERVER);
+    cmd.args([
+        "--addr",
+        "127.0.0.1:0",
+        "--engine",
+        "memory",
+        "--log-level",
+        "info",
+    ])
+    .current_dir(dir.path())
+    .env_remove("KVS_ADDR")
+    .env_remove("KVS_MAX_CONNECTIONS")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between
+    // fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 128,
+                rlim_max: 128,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+            }
+        }
+    });
+    let addr: SocketAddr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // 200 connections against a limit of 128 descriptors: each one is
+    // either served or refused with an error, within a bounded wait.
+    let mut held = Vec::new();
+    let (mut served, mut refused) = (0, 0);
+    for _ in 0..200 {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // A native Ping frame: length 2, version 1, variant 0.
+        s.write_all(&[0, 0, 0, 2, 1, 0]).unwrap();
+        let mut head = [0u8; 6];
+        s.read_exact(&mut head)
+            .expect("no answer: the client hangs");
+        if head == [0, 0, 0, 2, 1, 0] {
+            served += 1;
+        } else {
+            refused += 1;
+        }
+        held.push(s);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        served > 0 && refused > 0,
+        "served {served} refused {refused}"
+    );
+    assert!(served <= 128 - 64, "served {served}");
+}

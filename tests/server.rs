@@ -163,7 +163,7 @@ async fn pipelined_bursts_keep_order() {
                         ..
                     }
                 )),
-                Request::GetMany { .. } => unreachable!(),
+                _ => unreachable!("not sent"),
             }
         }
         // The lean path: queue, flush, receive one by one.

@@ -21,6 +21,10 @@ struct Cli {
     /// Seconds to wait for the server before giving up.
     #[arg(long, global = true, env = "KVS_TIMEOUT", default_value_t = 10)]
     timeout: u64,
+    /// Authenticate with this password first (servers started with
+    /// --requirepass).
+    #[arg(long, global = true, env = "KVS_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -47,6 +51,12 @@ enum Command {
     },
     /// Check that the server answers; prints PONG.
     Ping,
+    /// Print the server's counters.
+    Stats {
+        /// Print them as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,7 +81,7 @@ fn main() -> ExitCode {
     };
     let timeout = Duration::from_secs(cli.timeout);
     let outcome = runtime.block_on(async {
-        tokio::time::timeout(timeout, execute(&cli.addr, cli.command))
+        tokio::time::timeout(timeout, execute(&cli.addr, cli.password, cli.command))
             .await
             .unwrap_or_else(|_| {
                 Err(KvsError::Closed(format!(
@@ -94,8 +104,11 @@ fn main() -> ExitCode {
     }
 }
 
-async fn execute(addr: &str, command: Command) -> kvs::Result<()> {
+async fn execute(addr: &str, password: Option<String>, command: Command) -> kvs::Result<()> {
     let mut client = KvsClient::connect(addr).await?;
+    if let Some(password) = password {
+        client.auth(&password).await?;
+    }
     match command {
         Command::Set { key, value, ttl_ms } => match ttl_ms {
             None => client.set(&key, &value).await,
@@ -118,5 +131,61 @@ async fn execute(addr: &str, command: Command) -> kvs::Result<()> {
             println!("PONG");
             Ok(())
         }
+        Command::Stats { json } => {
+            let stats = client.stats().await?;
+            if json {
+                let text = serde_json::to_string_pretty(&stats)
+                    .map_err(|e| KvsError::Protocol(format!("cannot print stats: {e}")))?;
+                println!("{text}");
+            } else {
+                print_stats(&stats);
+            }
+            Ok(())
+        }
     }
+}
+
+fn print_stats(s: &kvs::server::StatsSnapshot) {
+    let e = &s.engine;
+    let lookups = s.hits + s.misses;
+    let ratio = if lookups == 0 {
+        "-".to_owned()
+    } else {
+        format!("{:.2}%", s.hits as f64 * 100.0 / lookups as f64)
+    };
+    let max = if e.max_memory == 0 {
+        "unbounded".to_owned()
+    } else {
+        mib(e.max_memory)
+    };
+    println!("uptime          {} s", s.uptime_secs);
+    println!(
+        "connections     {} now, {} total, {} refused",
+        s.connections_current, s.connections_total, s.connections_refused
+    );
+    println!("commands        {}", s.commands);
+    println!(
+        "hits / misses   {} / {} (hit ratio {ratio})",
+        s.hits, s.misses
+    );
+    println!("keys            {}", e.keys);
+    println!(
+        "memory          {} used of {max} (engine), {} RSS",
+        mib(e.used_memory),
+        mib(s.rss_bytes)
+    );
+    println!("expired/evicted {} / {}", e.expired, e.evicted);
+    if e.disk_bytes > 0 {
+        println!(
+            "disk            {} live of {} on disk",
+            mib(e.live_bytes),
+            mib(e.disk_bytes)
+        );
+    }
+    println!("bytes in / out  {} / {}", s.bytes_in, s.bytes_out);
+    println!("protocol errors {}", s.protocol_errors);
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }

@@ -38,10 +38,11 @@ struct Cli {
     /// the CPUs, at least 1]. Engine calls run on the --threads pool.
     #[arg(long, env = "KVS_IO_THREADS")]
     io_threads: Option<usize>,
-    /// Connections served at once; more are refused with an error.
-    #[arg(long, env = "KVS_MAX_CONNECTIONS", default_value_t = ServerConfig::default().max_connections)]
-    max_connections: usize,
-    /// Seconds a connection may stay idle between requests.
+    /// Connections served at once; more are refused with an error
+    /// [default: 1024, less when the open-file limit is lower].
+    #[arg(long, env = "KVS_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Seconds a connection may stay idle between requests (at most a year).
     #[arg(long, env = "KVS_IDLE_TIMEOUT", default_value_t = ServerConfig::default().idle_timeout.as_secs())]
     idle_timeout: u64,
     /// Memory bound of the memory engine: bytes, or with kb/mb/gb
@@ -52,6 +53,14 @@ struct Cli {
     /// writes), lru, sieve or s3fifo.
     #[arg(long, env = "KVS_EVICTION", default_value_t = EvictionPolicy::DEFAULT)]
     eviction: EvictionPolicy,
+    /// Require clients to authenticate with this password (RESP `AUTH`,
+    /// native `Auth`). Prefer --requirepass-file: a flag shows in `ps`.
+    #[arg(long, env = "KVS_REQUIREPASS", hide_env_values = true)]
+    requirepass: Option<String>,
+    /// Read the password from this file (a Docker secret); trailing
+    /// newlines are ignored.
+    #[arg(long, env = "KVS_REQUIREPASS_FILE", conflicts_with = "requirepass")]
+    requirepass_file: Option<PathBuf>,
     /// Log filter: error, warn, info, debug, trace, or a tracing directive.
     #[arg(long, env = "KVS_LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -85,7 +94,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Makes glibc serve allocations of 1 MiB and more with their own
+/// mappings, returned to the OS when freed. By default the threshold grows
+/// with the largest block freed, so after a few large requests their
+/// buffers come from the heap and the process keeps that memory forever.
+fn return_large_buffers_to_the_os() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator tuning; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
+    return_large_buffers_to_the_os();
     let dir = match cli.dir {
         Some(dir) => dir,
         None => std::env::current_dir()?,
@@ -95,8 +118,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         None => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
     };
     let mut config = ServerConfig::default();
-    config.max_connections = cli.max_connections;
+    config.max_connections = connection_cap(cli.max_connections);
+    if cli.idle_timeout > kvs::server::MAX_TIMEOUT.as_secs() {
+        anyhow::bail!(
+            "--idle-timeout {} is over the maximum of {} seconds",
+            cli.idle_timeout,
+            kvs::server::MAX_TIMEOUT.as_secs()
+        );
+    }
     config.idle_timeout = Duration::from_secs(cli.idle_timeout);
+    let password = match (cli.requirepass, cli.requirepass_file) {
+        (Some(p), _) => Some(p),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(&path)
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot read --requirepass-file {}: {e}", path.display())
+                })?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    config.password = match password {
+        Some(p) => {
+            Some(kvs::server::Password::new(p).map_err(|e| anyhow::anyhow!("--requirepass: {e}"))?)
+        }
+        None => None,
+    };
+    config.validate()?;
     let mut settings = Settings {
         // Replaced by the resolved address inside the runtime, below.
         addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -128,12 +177,51 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         settings.addr = *kvs::net::resolve(&cli.addr).await?.first().ok_or_else(|| {
             kvs::KvsError::InvalidInput(format!("`{}` names no address", cli.addr))
         })?;
+        if settings.config.password.is_none() && !settings.addr.ip().is_loopback() {
+            tracing::warn!(
+                addr = %settings.addr,
+                "listening on a non-loopback address without a password: anyone who can reach it can read and write every key (set --requirepass or KVS_REQUIREPASS_FILE)"
+            );
+        }
         let token = CancellationToken::new();
         watch_signals(token.clone())?;
         kvs::server::serve(settings, token).await
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(result?)
+}
+
+/// Descriptors kept for everything but client connections (listener,
+/// segment files and maps, logging, the runtime).
+const RESERVED_FDS: u64 = 64;
+
+/// The connection cap: the flag, or 1024; either way a warning when the
+/// open-file limit cannot hold that many (at the limit `accept` fails, and
+/// clients would hang instead of being refused with an error).
+fn connection_cap(flag: Option<usize>) -> usize {
+    let default = ServerConfig::default().max_connections;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only into the struct it is given.
+    let fits = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        usize::try_from(limit.rlim_cur.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX)
+    } else {
+        usize::MAX
+    };
+    match flag {
+        Some(n) => {
+            if n > fits {
+                tracing::warn!(
+                    "--max-connections {n} is over what the open-file limit ({}) allows ({fits}): raise `ulimit -n`",
+                    limit.rlim_cur
+                );
+            }
+            n
+        }
+        None => default.min(fits.max(1)),
+    }
 }
 
 /// Cancels `token` on the first SIGINT or SIGTERM (as PID 1 in a container

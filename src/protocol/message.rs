@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::server::StatsSnapshot;
 use crate::{KvsError, Result};
 
 /// A client request.
@@ -44,6 +45,15 @@ pub enum Request<S = String> {
         /// The keys.
         keys: Vec<S>,
     },
+    /// Authenticates the connection when the server requires a password:
+    /// [`Response::Ok`], or an error of kind [`ErrorKind::Auth`]. Protocol
+    /// version 1, appended in kvs 0.2.
+    Auth {
+        /// The server's password.
+        password: S,
+    },
+    /// The server's counters: [`Response::Stats`]. Appended in kvs 0.2.
+    Stats,
 }
 
 /// A server response. Responses come back in request order.
@@ -65,6 +75,8 @@ pub enum Response {
         /// What went wrong, for people.
         message: String,
     },
+    /// Answer to [`Request::Stats`]. Appended in kvs 0.2.
+    Stats(StatsSnapshot),
 }
 
 /// The kind of a [`Response::Error`]. Encoded as its variant index.
@@ -81,6 +93,12 @@ pub enum ErrorKind {
     /// The request is well formed but cannot be served as asked (e.g. a
     /// TTL on an engine without expiry).
     InvalidInput,
+    /// The connection must authenticate first, or gave a wrong password.
+    Auth,
+    /// The memory engine is full and its policy is `noeviction`.
+    OutOfMemory,
+    /// The store serves reads only for now (e.g. its disk is full).
+    ReadOnly,
 }
 
 impl Response {
@@ -91,6 +109,9 @@ impl Response {
             KvsError::Protocol(m) => (ErrorKind::Protocol, m.clone()),
             KvsError::Limit(m) => (ErrorKind::Limit, m.clone()),
             KvsError::InvalidInput(m) => (ErrorKind::InvalidInput, m.clone()),
+            KvsError::Auth(m) => (ErrorKind::Auth, m.clone()),
+            KvsError::OutOfMemory(m) => (ErrorKind::OutOfMemory, m.clone()),
+            KvsError::ReadOnly(m) => (ErrorKind::ReadOnly, m.clone()),
             other => (ErrorKind::Server, other.to_string()),
         };
         Response::Error { kind, message }
@@ -106,6 +127,9 @@ impl Response {
                 ErrorKind::Protocol => KvsError::Protocol(message),
                 ErrorKind::Limit => KvsError::Limit(message),
                 ErrorKind::InvalidInput => KvsError::InvalidInput(message),
+                ErrorKind::Auth => KvsError::Auth(message),
+                ErrorKind::OutOfMemory => KvsError::OutOfMemory(message),
+                ErrorKind::ReadOnly => KvsError::ReadOnly(message),
             }),
             other => Ok(other),
         }

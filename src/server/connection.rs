@@ -1,54 +1,107 @@
-//! One client connection: reads frames, runs up to `max_in_flight` of its
-//! requests on the pool at once, and writes the responses back in request
-//! order.
+//! One client connection: tells the protocol apart by the first byte, then
+//! reads requests, runs them through the [`Pipeline`] and writes the
+//! responses back in request order.
 //!
 //! A single task owns the socket and both buffers and drives everything
 //! from one `select!`, so reading, executing and writing overlap without
-//! locks: responses leave as soon as they are next in order, new frames
-//! are read while earlier requests execute, and a client that pipelines is
-//! never serialised behind one request at a time.
+//! locks: responses leave as soon as they are next in order, new requests
+//! are read while earlier ones execute, and a client that pipelines is
+//! never serialised behind one request at a time. The loop itself knows
+//! nothing of either protocol: a [`Protocol`] decodes requests into jobs or
+//! immediate answers and encodes the outputs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures::FutureExt;
-use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
-use super::ServerConfig;
-use super::pipeline::{Answer, Pipeline};
-use crate::protocol::{
-    ErrorKind, FrameCodec, PROTOCOL_VERSION, Request, Response, decode_message, encode_frame,
-};
+use super::inbuf::{CHUNK, InBuf};
+use super::job::{Job, JobContext};
+use super::native::Native;
+use super::pipeline::Pipeline;
+use super::{ServerConfig, ServerStats};
 use crate::thread_pool::SharedQueueThreadPool;
-use crate::{KvsEngine, KvsError, Result};
+use crate::{KvsEngine, Result};
 
 /// What every connection task shares. The engine is not in here: engines
 /// are `Send` but need not be `Sync`, so each connection owns its clones.
 pub(crate) struct Shared {
     pub(crate) pool: Arc<SharedQueueThreadPool>,
     pub(crate) config: ServerConfig,
+    pub(crate) stats: Arc<ServerStats>,
+    /// Bytes of request input buffered across all connections.
+    pub(crate) input_budget: Arc<Semaphore>,
 }
 
-/// Read buffer growth step, and the size both buffers start at.
-const CHUNK: usize = 8 * 1024;
 /// Past this many unsent response bytes the connection stops reading and
 /// executing new requests until the client catches up.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
-/// An empty buffer that grew past this (a large value went through) is
-/// replaced by a small one, so idle connections do not pin memory.
+/// An empty write buffer that grew past this is replaced by a small one.
 const KEEP_CAPACITY: usize = 64 * 1024;
-/// How long a refused connection is kept open so its client can read the
-/// error frame (closing with unread input would reset it instead).
-const REJECT_LINGER: Duration = Duration::from_secs(1);
+/// After refusing a request it cannot resynchronise after, the server
+/// reads and discards up to this much input, for at most [`LINGER`], so
+/// the client reads the error instead of a connection reset.
+const LINGER_BYTES: usize = 16 << 20;
+pub(crate) const LINGER: Duration = Duration::from_secs(1);
+
+/// A decoded request, as the connection loop sees it.
+pub(crate) enum Decoded<J: Job> {
+    /// Not a whole request yet.
+    Incomplete,
+    /// Run it on the pool.
+    Run(J),
+    /// Answered without the engine.
+    Answer(J::Output),
+    /// Answer, then read no more: the client quit, or the stream cannot be
+    /// resynchronised. `drain`: unread input may follow, so read and
+    /// discard it before closing.
+    Last {
+        output: J::Output,
+        why: &'static str,
+        drain: bool,
+    },
+}
+
+/// A wire protocol, server side.
+pub(crate) trait Protocol: Send + 'static {
+    /// The requests that need the engine.
+    type Job: Job;
+
+    /// The next request in `buf`, consuming its bytes.
+    fn decode(&mut self, buf: &mut BytesMut, ctx: &JobContext) -> Decoded<Self::Job>;
+
+    /// Appends the encoding of `output` to `wbuf`.
+    fn encode(
+        &mut self,
+        output: &<Self::Job as Job>::Output,
+        wbuf: &mut BytesMut,
+        ctx: &JobContext,
+    );
+
+    /// Requests of this connection executing at once (fewer before it has
+    /// authenticated).
+    fn max_in_flight(&self, cfg: &ServerConfig) -> usize;
+}
+
+/// Why a connection ended, and whether its unread input should be drained
+/// before closing.
+struct End {
+    why: &'static str,
+    drain: bool,
+}
+
+impl End {
+    fn new(why: &'static str) -> End {
+        End { why, drain: false }
+    }
+}
 
 /// Serves one accepted connection until it closes; holds `_permit` (its
 /// slot under `max_connections`) until then.
@@ -59,63 +112,104 @@ pub(crate) async fn serve<E: KvsEngine>(
     engine: E,
     token: CancellationToken,
     _permit: OwnedSemaphorePermit,
+    id: u64,
 ) {
-    debug!(%peer, "connection opened");
+    debug!(%peer, id, "connection opened");
+    shared.stats.connection_opened();
     // Responses are small and latency matters more than packet count; the
     // write path already batches whatever is ready into one write.
     if let Err(e) = stream.set_nodelay(true) {
         debug!(%peer, "cannot set TCP_NODELAY: {e}");
     }
-    match drive(&mut stream, &shared, engine, &token).await {
-        Ok(end) => debug!(%peer, "connection closed: {end}"),
-        Err(e) => debug!(%peer, "connection dropped: {e}"),
-    }
-}
-
-/// Answers a connection over the cap with one error frame, then closes it.
-pub(crate) async fn reject(mut stream: TcpStream, peer: SocketAddr, max_frame_len: usize) {
-    debug!(%peer, "connection refused: too many connections");
-    let mut frame = BytesMut::new();
-    let response = Response::Error {
-        kind: ErrorKind::Limit,
-        message: "too many connections".to_owned(),
+    let ctx = Arc::new(JobContext {
+        config: shared.config.clone(),
+        stats: Arc::clone(&shared.stats),
+        connection: id,
+    });
+    // The first byte tells the protocol; wait for it as for any request.
+    let mut first = [0u8; 1];
+    let peeked = tokio::select! {
+        peeked = stream.peek(&mut first) => peeked,
+        () = token.cancelled() => Ok(0),
+        () = tokio::time::sleep(shared.config.idle_timeout) => Ok(0),
     };
-    if encode_frame(&response, max_frame_len, &mut frame).is_err() {
+    if !matches!(peeked, Ok(1)) {
+        debug!(%peer, "connection closed before its first request");
+        shared.stats.connection_closed();
         return;
     }
-    let linger = async {
-        stream.write_all(&frame).await?;
+    let result = if is_resp(first[0]) {
+        // TODO(lead): RESP lands with the resp helper's parser.
+        let native = Native::new(&shared.config);
+        drive(&mut stream, &shared, engine, &token, native, ctx).await
+    } else {
+        let native = Native::new(&shared.config);
+        drive(&mut stream, &shared, engine, &token, native, ctx).await
+    };
+    match result {
+        Ok(end) => {
+            debug!(%peer, "connection closed: {}", end.why);
+            if end.drain {
+                linger(&mut stream).await;
+            }
+        }
+        Err(e) => debug!(%peer, "connection dropped: {e}"),
+    }
+    shared.stats.connection_closed();
+}
+
+/// Whether a connection whose first byte is `first` speaks RESP: a
+/// multibulk request starts with `*`, an inline command with a letter. A
+/// native frame starts with the high byte of its big-endian length, at
+/// most 0x10 under [`MAX_FRAME_LEN`](super::MAX_FRAME_LEN).
+pub(crate) fn is_resp(first: u8) -> bool {
+    first == b'*' || first.is_ascii_alphabetic()
+}
+
+/// Shuts the write side and reads and discards input (bounded in bytes
+/// and time), so the close is not a reset that could destroy the last
+/// response before the client reads it.
+pub(crate) async fn linger(stream: &mut TcpStream) {
+    let drain = async {
         stream.shutdown().await?;
-        // Drain until the client closes, so the close is not a reset that
-        // could destroy the error frame before the client reads it.
-        let mut sink = [0u8; 512];
-        while stream.read(&mut sink).await? > 0 {}
+        let mut sink = [0u8; 4096];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            let n = stream.read(&mut sink).await?;
+            if n == 0 {
+                break;
+            }
+            left = left.saturating_sub(n);
+        }
         Ok::<_, std::io::Error>(())
     };
-    let _ = tokio::time::timeout(REJECT_LINGER, linger).await;
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// The connection loop. Returns why the connection ended; `Err` only for
 /// socket errors.
-async fn drive<E: KvsEngine>(
+async fn drive<E: KvsEngine, P: Protocol>(
     stream: &mut TcpStream,
     shared: &Shared,
     template: E,
     token: &CancellationToken,
-) -> Result<&'static str> {
+    mut proto: P,
+    ctx: Arc<JobContext>,
+) -> Result<End> {
     let cfg = &shared.config;
+    let counter = shared.stats.counter(ctx.connection);
     let (mut rd, mut wr) = stream.split();
-    let mut codec = FrameCodec::new(cfg.max_frame_len);
-    let mut rbuf = BytesMut::with_capacity(CHUNK);
+    let mut inbuf = InBuf::new(Arc::clone(&shared.input_budget));
     let mut wbuf = BytesMut::with_capacity(CHUNK);
-    let mut pipeline = Pipeline::new(template, shared.pool.clone());
+    let mut pipeline: Pipeline<E, P::Job> =
+        Pipeline::new(template, shared.pool.clone(), Arc::clone(&ctx));
 
-    // `accepting`: new frames are still decoded and executed (false after
-    // shutdown starts or the stream is beyond repair). `eof`: the client
-    // sent everything it will send.
+    // `accepting`: new requests are still decoded and executed (false after
+    // shutdown starts, the client quit or the stream is beyond repair).
+    // `eof`: the client sent everything it will send.
     let mut accepting = true;
     let mut eof = false;
-    let mut end = "client closed";
+    let mut end = End::new("client closed");
     let now = Instant::now();
     let mut partial_since: Option<Instant> = None;
     let mut last_activity = now;
@@ -125,35 +219,28 @@ async fn drive<E: KvsEngine>(
     tokio::pin!(timer);
 
     loop {
-        while pipeline.len() < cfg.max_in_flight
+        while accepting
+            && pipeline.len() < proto.max_in_flight(cfg)
             && wbuf.len() < WRITE_HIGH_WATER
             && !pipeline.is_blocked()
-            && accepting
         {
-            match codec.decode(&mut rbuf) {
-                Ok(Some(frame)) => {
-                    partial_since = None;
-                    last_activity = Instant::now();
-                    if frame.first() != Some(&PROTOCOL_VERSION) {
-                        // Later frames may not even be framed the same way.
-                        accepting = false;
-                        end = "unsupported protocol version";
-                    }
-                    match decode_request(&frame, cfg) {
-                        Ok(request) => pipeline.submit(request),
-                        Err(response) => pipeline.push_ready(response),
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    // The stream cannot be resynchronised after a refused
-                    // header: answer, then close.
-                    pipeline.push_ready(Response::from_error(&e));
+            match proto.decode(inbuf.buf(), &ctx) {
+                Decoded::Incomplete => break,
+                Decoded::Run(job) => pipeline.submit(job),
+                Decoded::Answer(output) => pipeline.push_ready(output),
+                Decoded::Last { output, why, drain } => {
+                    pipeline.push_ready(output);
                     accepting = false;
-                    end = "frame over the limit";
-                    rbuf = BytesMut::new();
+                    end = End { why, drain };
+                    if drain {
+                        counter.protocol_error();
+                    }
+                    inbuf.discard();
                 }
             }
+            counter.commands(1);
+            partial_since = None;
+            last_activity = Instant::now();
         }
         pipeline.launch_batch();
         if (!accepting || eof) && pipeline.is_empty() && wbuf.is_empty() {
@@ -162,18 +249,13 @@ async fn drive<E: KvsEngine>(
 
         let can_read = accepting
             && !eof
-            && pipeline.len() < cfg.max_in_flight
+            && pipeline.len() < proto.max_in_flight(cfg)
             && wbuf.len() < WRITE_HIGH_WATER;
-        if rbuf.is_empty() {
+        if inbuf.is_empty() {
             partial_since = None;
-            if rbuf.capacity() > KEEP_CAPACITY {
-                rbuf = BytesMut::with_capacity(CHUNK);
-            }
+            inbuf.shrink_if_empty();
         } else if can_read && partial_since.is_none() {
             partial_since = Some(Instant::now());
-        }
-        if can_read && rbuf.capacity() - rbuf.len() < CHUNK / 2 {
-            rbuf.reserve(CHUNK);
         }
 
         // The nearest applicable deadline, and what missing it means.
@@ -202,21 +284,27 @@ async fn drive<E: KvsEngine>(
 
         tokio::select! {
             biased;
-            Some((engine, answer)) = pipeline.in_flight.next(), if !pipeline.in_flight.is_empty() => {
+            Some(outputs) = pipeline.next_finished(), if pipeline.is_running() => {
                 if wbuf.is_empty() {
                     write_progress = Instant::now();
                 }
-                finish(engine, answer, cfg, &mut pipeline, &mut wbuf);
+                for output in &outputs {
+                    proto.encode(output, &mut wbuf, &ctx);
+                }
                 // Collect every other finished response now, so that one
                 // write carries them all.
-                while let Some(Some((engine, answer))) = pipeline.in_flight.next().now_or_never() {
-                    finish(engine, answer, cfg, &mut pipeline, &mut wbuf);
+                while let Some(outputs) = pipeline.try_next_finished() {
+                    for output in &outputs {
+                        proto.encode(output, &mut wbuf, &ctx);
+                    }
                 }
             }
             written = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => {
-                if written? == 0 {
+                let written = written?;
+                if written == 0 {
                     return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
                 }
+                counter.bytes_out(written as u64);
                 write_progress = Instant::now();
                 if wbuf.is_empty() {
                     last_activity = write_progress;
@@ -225,11 +313,13 @@ async fn drive<E: KvsEngine>(
                     }
                 }
             }
-            read = rd.read_buf(&mut rbuf), if can_read => {
-                if read? == 0 {
+            read = inbuf.read_from(&mut rd), if can_read => {
+                let read = read?;
+                counter.bytes_in(read as u64);
+                if read == 0 {
                     eof = true;
-                    if !rbuf.is_empty() {
-                        end = "client disconnected mid-frame";
+                    if !inbuf.is_empty() {
+                        end = End::new("client disconnected mid-request");
                     }
                 }
             }
@@ -237,63 +327,12 @@ async fn drive<E: KvsEngine>(
                 // Stop taking requests; the ones in flight still finish and
                 // their responses still go out.
                 accepting = false;
-                end = "server shutting down";
+                end = End::new("server shutting down");
                 shutdown_by = Some(Instant::now() + cfg.shutdown_grace);
             }
             () = &mut timer, if deadline.is_some() => {
-                return Ok(deadline.map_or("timeout", |(_, why)| why));
+                return Ok(End::new(deadline.map_or("timeout", |(_, why)| why)));
             }
-        }
-    }
-}
-
-/// Decodes one frame into a request, or the error response it earns.
-fn decode_request(frame: &[u8], cfg: &ServerConfig) -> std::result::Result<Request, Response> {
-    let request: Request = decode_message(frame).map_err(|e| Response::from_error(&e))?;
-    match &request {
-        Request::GetMany { keys } if keys.len() > cfg.max_batch_keys => {
-            Err(Response::from_error(&KvsError::Limit(format!(
-                "batch of {} keys exceeds the maximum of {}",
-                keys.len(),
-                cfg.max_batch_keys
-            ))))
-        }
-        _ => Ok(request),
-    }
-}
-
-/// Records the answer as finished and queues its responses for sending.
-fn finish<E: KvsEngine>(
-    engine: Option<E>,
-    answer: Answer,
-    cfg: &ServerConfig,
-    pipeline: &mut Pipeline<E>,
-    wbuf: &mut BytesMut,
-) {
-    match answer {
-        Answer::One(response) => {
-            pipeline.finished(engine, 1);
-            queue_response(&response, cfg, wbuf);
-        }
-        Answer::Many(responses) => {
-            pipeline.finished(engine, responses.len());
-            for response in &responses {
-                queue_response(response, cfg, wbuf);
-            }
-        }
-    }
-}
-
-fn queue_response(response: &Response, cfg: &ServerConfig, wbuf: &mut BytesMut) {
-    if let Err(e) = encode_frame(response, cfg.max_frame_len, wbuf) {
-        // Too large for a frame (a big batch): the client still gets one
-        // response in this slot, so the order holds. The config guarantees
-        // `max_frame_len` fits this short message.
-        let fallback = Response::from_error(&KvsError::Limit(
-            "response exceeds the maximum frame length".to_owned(),
-        ));
-        if encode_frame(&fallback, cfg.max_frame_len, wbuf).is_err() {
-            warn!("cannot encode a response: {e}");
         }
     }
 }

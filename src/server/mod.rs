@@ -11,8 +11,12 @@
 mod config;
 mod connection;
 mod engine;
+mod inbuf;
+mod job;
 mod launch;
+mod native;
 mod pipeline;
+mod reject;
 mod stats;
 
 use std::sync::Arc;
@@ -24,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-pub use config::{MIN_FRAME_LEN, ServerConfig};
+pub use config::{MAX_FRAME_LEN, MAX_TIMEOUT, MIN_FRAME_LEN, Password, ServerConfig};
 pub use engine::{ENGINE_RECORD, EngineKind, check_and_record_engine};
 pub use launch::{Settings, serve};
 pub use stats::{Counter, EngineSnapshot, ServerStats, StatsSnapshot, rss_bytes};
@@ -32,6 +36,7 @@ pub use stats::{Counter, EngineSnapshot, ServerStats, StatsSnapshot, rss_bytes};
 use crate::thread_pool::SharedQueueThreadPool;
 use crate::{KvsEngine, Result};
 use connection::Shared;
+use reject::reject;
 
 /// First and longest pause after a failed `accept` (EMFILE and the like):
 /// the loop backs off instead of spinning on an error that persists.
@@ -50,12 +55,31 @@ pub async fn run<E: KvsEngine>(
     config: ServerConfig,
     token: CancellationToken,
 ) -> Result<()> {
+    run_with_stats(listener, engine, pool, config, token, Arc::default()).await
+}
+
+/// [`run`], counting into `stats` (which the caller may read while the
+/// server runs).
+pub async fn run_with_stats<E: KvsEngine>(
+    listener: TcpListener,
+    engine: E,
+    pool: Arc<SharedQueueThreadPool>,
+    config: ServerConfig,
+    token: CancellationToken,
+    stats: Arc<ServerStats>,
+) -> Result<()> {
     config.validate()?;
     let connections = Arc::new(Semaphore::new(config.max_connections));
-    let max_frame_len = config.max_frame_len;
-    let shared = Arc::new(Shared { pool, config });
+    let rejecting = Arc::new(Semaphore::new(config.max_rejecting));
+    let shared = Arc::new(Shared {
+        pool,
+        input_budget: Arc::new(Semaphore::new(config.input_budget)),
+        config,
+        stats,
+    });
     let tracker = TaskTracker::new();
     let mut backoff = ACCEPT_BACKOFF.0;
+    let mut next_id: u64 = 0;
 
     loop {
         let accepted = tokio::select! {
@@ -65,15 +89,19 @@ pub async fn run<E: KvsEngine>(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = ACCEPT_BACKOFF.0;
-                match connections.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let shared = shared.clone();
-                        let (engine, token) = (engine.clone(), token.clone());
-                        let conn = connection::serve(stream, peer, shared, engine, token, permit);
-                        tracker.spawn(conn);
-                    }
-                    Err(_) => {
-                        tracker.spawn(connection::reject(stream, peer, max_frame_len));
+                next_id += 1;
+                if let Ok(permit) = connections.clone().try_acquire_owned() {
+                    let shared = shared.clone();
+                    let (engine, token) = (engine.clone(), token.clone());
+                    let conn =
+                        connection::serve(stream, peer, shared, engine, token, permit, next_id);
+                    tracker.spawn(conn);
+                } else {
+                    shared.stats.connection_refused();
+                    // The refusal itself is bounded: past `max_rejecting`
+                    // refusals in progress, close at once.
+                    if let Ok(permit) = rejecting.clone().try_acquire_owned() {
+                        tracker.spawn(reject(stream, peer, permit));
                     }
                 }
             }

@@ -6,6 +6,10 @@
 //! running request writes (or writes a key one reads) is held until that
 //! request has finished. Keys are compared by hash; a collision only makes
 //! a request wait needlessly.
+//!
+//! The pipeline owns its futures: the connection loop awaits
+//! [`Pipeline::next_finished`] for the next output in request order and
+//! never sees the jobs themselves.
 
 use std::collections::hash_map::DefaultHasher;
 use std::future::Future;
@@ -13,80 +17,71 @@ use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
+use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use tracing::warn;
 
+use super::job::{Job, JobContext};
 use crate::KvsEngine;
-use crate::protocol::{Request, Response};
 use crate::thread_pool::{Blocking, SharedQueueThreadPool};
-use crate::{KvsError, Result};
 
 /// Most requests one pool job executes, in order. Requests decoded from the
 /// same read are grouped so that a pipelining client pays one hand-off to
-/// the pool per group instead of per request; with a window of 16 and
-/// groups of 8, two workers still run one connection's requests at once.
+/// the pool per group instead of per request.
 const JOB_BATCH: usize = 8;
-
-/// The responses one entry of the response order yields.
-pub(crate) enum Answer {
-    One(Response),
-    Many(Vec<Response>),
-}
 
 /// A place in the response order: answered on the spot (ping, protocol
 /// errors) or a group of requests running on the pool with an engine clone
-/// that comes back with the responses.
-pub(crate) enum Pending<E> {
-    Ready(Option<Response>),
+/// that comes back with the outputs.
+enum Pending<E, O> {
+    Ready(Option<O>),
     Engine {
-        job: Blocking<(E, Vec<Response>)>,
+        job: Blocking<(E, Vec<O>)>,
         requests: usize,
+        failed: fn(usize) -> Vec<O>,
     },
 }
 
-impl<E> Future for Pending<E> {
-    type Output = (Option<E>, Answer);
+impl<E, O> Unpin for Pending<E, O> {}
+
+impl<E, O> Future for Pending<E, O> {
+    type Output = (Option<E>, Vec<O>);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
             // `FuturesOrdered` never polls a finished future again, so the
-            // fallback is unreachable; it keeps this free of `unwrap`.
-            Pending::Ready(response) => Poll::Ready((
-                None,
-                Answer::One(response.take().unwrap_or_else(|| {
-                    Response::from_error(&KvsError::Server("response polled twice".to_owned()))
-                })),
-            )),
-            Pending::Engine { job, requests } => {
-                Pin::new(job).poll(cx).map(|result| match result {
-                    Ok((engine, responses)) => (Some(engine), Answer::Many(responses)),
-                    Err(e) => {
-                        // The job panicked: every request in it fails, and
-                        // the client still gets one response per request.
-                        warn!("request failed on the pool: {e}");
-                        let error = Response::from_error(&e);
-                        (None, Answer::Many(vec![error; *requests]))
-                    }
-                })
-            }
+            // slot is always full here.
+            Pending::Ready(output) => Poll::Ready((None, output.take().into_iter().collect())),
+            Pending::Engine {
+                job,
+                requests,
+                failed,
+            } => Pin::new(job).poll(cx).map(|result| match result {
+                Ok((engine, outputs)) => (Some(engine), outputs),
+                Err(e) => {
+                    // The job panicked: every request in it fails, and the
+                    // client still gets one response per request.
+                    warn!("request failed on the pool: {e}");
+                    (None, failed(*requests))
+                }
+            }),
         }
     }
 }
 
 /// One connection's requests in flight, in request order.
-pub(crate) struct Pipeline<E> {
-    /// Poll with `next()`; results come out in request order.
-    pub(crate) in_flight: FuturesOrdered<Pending<E>>,
+pub(crate) struct Pipeline<E, J: Job> {
+    in_flight: FuturesOrdered<Pending<E, J::Output>>,
     pool: Arc<SharedQueueThreadPool>,
+    ctx: Arc<JobContext>,
     /// Cloned from when `stash` is empty.
     template: E,
     /// Engine clones back from the pool: `KvStore` clones keep their own
     /// read handles, so they are reused rather than made per request.
     stash: Vec<E>,
     /// Requests accepted but not yet sent to the pool; they go as one job.
-    batch: Vec<Request>,
+    batch: Vec<J>,
     /// Requests in `in_flight`, counting each of a job's requests.
     running: usize,
     /// Sequence number of the next request to start, and how many
@@ -97,14 +92,19 @@ pub(crate) struct Pipeline<E> {
     touched: Vec<(u64, u64, bool)>,
     /// A request waiting for request `.1` to finish; nothing after it
     /// starts before it does.
-    held: Option<(Request, u64)>,
+    held: Option<(J, u64)>,
 }
 
-impl<E: KvsEngine> Pipeline<E> {
-    pub(crate) fn new(template: E, pool: Arc<SharedQueueThreadPool>) -> Pipeline<E> {
+impl<E: KvsEngine, J: Job> Pipeline<E, J> {
+    pub(crate) fn new(
+        template: E,
+        pool: Arc<SharedQueueThreadPool>,
+        ctx: Arc<JobContext>,
+    ) -> Pipeline<E, J> {
         Pipeline {
             in_flight: FuturesOrdered::new(),
             pool,
+            ctx,
             template,
             stash: Vec::new(),
             batch: Vec::new(),
@@ -125,13 +125,18 @@ impl<E: KvsEngine> Pipeline<E> {
         self.len() == 0
     }
 
+    /// Whether anything is on the pool or answered and not yet taken.
+    pub(crate) fn is_running(&self) -> bool {
+        !self.in_flight.is_empty()
+    }
+
     /// Whether a held request still blocks everything behind it; releases
     /// it into the next job once what it waited for has finished.
     pub(crate) fn is_blocked(&mut self) -> bool {
         match &self.held {
             Some((_, after)) if self.done > *after => {
-                if let Some((request, _)) = self.held.take() {
-                    self.batch.push(request);
+                if let Some((job, _)) = self.held.take() {
+                    self.batch.push(job);
                 }
                 false
             }
@@ -140,31 +145,28 @@ impl<E: KvsEngine> Pipeline<E> {
         }
     }
 
-    /// Queues a response known without the engine.
-    pub(crate) fn push_ready(&mut self, response: Response) {
+    /// Queues an output known without the engine.
+    pub(crate) fn push_ready(&mut self, output: J::Output) {
         self.launch_batch();
         self.started += 1;
         self.running += 1;
-        self.in_flight.push_back(Pending::Ready(Some(response)));
+        self.in_flight.push_back(Pending::Ready(Some(output)));
     }
 
-    /// Accepts `request`: into the current batch, or held behind the
-    /// earlier job it depends on. Call only when
-    /// [`is_blocked`](Self::is_blocked) is false, and call
-    /// [`launch_batch`](Self::launch_batch) before waiting for anything.
-    pub(crate) fn submit(&mut self, request: Request) {
-        if let Request::Ping = request {
-            return self.push_ready(Response::Pong);
-        }
+    /// Accepts `job`: into the current batch, or held behind the earlier
+    /// job it depends on. Call only when [`is_blocked`](Self::is_blocked)
+    /// is false, and call [`launch_batch`](Self::launch_batch) before
+    /// waiting for anything.
+    pub(crate) fn submit(&mut self, job: J) {
         // Requests within one batch run in order, so only earlier jobs can
         // conflict.
-        match self.conflict(&request) {
+        match self.conflict(&job) {
             Some(after) => {
                 self.launch_batch();
-                self.held = Some((request, after));
+                self.held = Some((job, after));
             }
             None => {
-                self.batch.push(request);
+                self.batch.push(job);
                 if self.batch.len() >= JOB_BATCH {
                     self.launch_batch();
                 }
@@ -177,33 +179,44 @@ impl<E: KvsEngine> Pipeline<E> {
         if self.batch.is_empty() {
             return;
         }
-        let requests = std::mem::take(&mut self.batch);
-        let count = requests.len();
+        let jobs = std::mem::take(&mut self.batch);
+        let count = jobs.len();
         let last = self.started + count as u64 - 1;
         self.started += count as u64;
         self.running += count;
-        for request in &requests {
-            for_each_key(request, |hash, writes| {
-                self.touched.push((hash, last, writes))
-            });
+        for job in &jobs {
+            job.for_each_key(&mut |key, writes| self.touched.push((hash(key), last, writes)));
         }
         let engine = self.stash.pop().unwrap_or_else(|| self.template.clone());
+        let ctx = Arc::clone(&self.ctx);
         let job = self.pool.run(move || {
-            let responses = requests
-                .into_iter()
-                .map(|request| execute(&engine, request))
-                .collect();
-            (engine, responses)
+            let outputs = jobs.into_iter().map(|job| job.run(&engine, &ctx)).collect();
+            (engine, outputs)
         });
         self.in_flight.push_back(Pending::Engine {
             job,
             requests: count,
+            failed: J::failed,
         });
     }
 
-    /// Records that the next entry came out of `in_flight` with `answered`
-    /// responses.
-    pub(crate) fn finished(&mut self, engine: Option<E>, answered: usize) {
+    /// The outputs of the next entry in request order, once it has
+    /// finished; `None` when nothing is in flight.
+    pub(crate) async fn next_finished(&mut self) -> Option<Vec<J::Output>> {
+        let (engine, outputs) = self.in_flight.next().await?;
+        self.finished(engine, outputs.len());
+        Some(outputs)
+    }
+
+    /// Like [`next_finished`](Self::next_finished), without waiting.
+    pub(crate) fn try_next_finished(&mut self) -> Option<Vec<J::Output>> {
+        use futures::FutureExt;
+        let (engine, outputs) = self.in_flight.next().now_or_never()??;
+        self.finished(engine, outputs.len());
+        Some(outputs)
+    }
+
+    fn finished(&mut self, engine: Option<E>, answered: usize) {
         self.done += answered as u64;
         self.running -= answered;
         if let Some(engine) = engine {
@@ -213,10 +226,11 @@ impl<E: KvsEngine> Pipeline<E> {
         self.touched.retain(|&(_, seq, _)| seq >= done);
     }
 
-    /// The latest unfinished request `request` must wait for.
-    fn conflict(&self, request: &Request) -> Option<u64> {
+    /// The latest unfinished request `job` must wait for.
+    fn conflict(&self, job: &J) -> Option<u64> {
         let mut after = None;
-        for_each_key(request, |hash, writes| {
+        job.for_each_key(&mut |key, writes| {
+            let hash = hash(key);
             for &(h, seq, w) in &self.touched {
                 if h == hash && (writes || w) {
                     after = after.max(Some(seq));
@@ -227,49 +241,8 @@ impl<E: KvsEngine> Pipeline<E> {
     }
 }
 
-/// Calls `f(key hash, writes)` for every key `request` touches.
-fn for_each_key(request: &Request, mut f: impl FnMut(u64, bool)) {
-    let hash = |key: &str| {
-        let mut h = DefaultHasher::new();
-        key.hash(&mut h);
-        h.finish()
-    };
-    match request {
-        Request::Ping => {}
-        Request::Get { key } => f(hash(key), false),
-        Request::Set { key, .. } | Request::Remove { key } => f(hash(key), true),
-        Request::GetMany { keys } => keys.iter().for_each(|key| f(hash(key), false)),
-    }
-}
-
-/// Runs one request against the engine; on a pool thread.
-fn execute<E: KvsEngine>(engine: &E, request: Request) -> Response {
-    let result = match request {
-        Request::Ping => Ok(Response::Pong),
-        Request::Get { key } => engine.get(key).map(Response::Value),
-        Request::Set {
-            key,
-            value,
-            ttl_ms: None,
-        } => engine.set(key, value).map(|()| Response::Ok),
-        Request::Set {
-            key,
-            value,
-            ttl_ms: Some(ms),
-        } => engine
-            .set_with_ttl(key, value, Duration::from_millis(ms))
-            .map(|()| Response::Ok),
-        Request::Remove { key } => engine.remove(key).map(|()| Response::Ok),
-        Request::GetMany { keys } => keys
-            .into_iter()
-            .map(|key| engine.get(key))
-            .collect::<Result<Vec<_>>>()
-            .map(Response::Values),
-    };
-    result.unwrap_or_else(|e| {
-        if !matches!(e, KvsError::KeyNotFound | KvsError::InvalidInput(_)) {
-            warn!("engine error: {e}");
-        }
-        Response::from_error(&e)
-    })
+fn hash(key: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
 }

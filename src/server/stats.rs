@@ -35,6 +35,7 @@ pub struct ServerStats {
     connections_current: AtomicU64,
     connections_total: AtomicU64,
     connections_refused: AtomicU64,
+    error_ids: AtomicU64,
 }
 
 impl Default for ServerStats {
@@ -45,6 +46,7 @@ impl Default for ServerStats {
             connections_current: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
+            error_ids: AtomicU64::new(0),
         }
     }
 }
@@ -109,6 +111,12 @@ impl ServerStats {
     /// A connection was refused (over the connection cap).
     pub fn connection_refused(&self) {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A fresh id for an internal error: the client's message and the
+    /// server log both carry it.
+    pub fn next_error_id(&self) -> u64 {
+        self.error_ids.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Sums the shards.

@@ -107,6 +107,8 @@ struct GateState {
 
 impl GatedEngine {
     pub const PANIC_KEY: &'static str = "panic!";
+    /// `get` of this key fails as a damaged segment would.
+    pub const CORRUPT_KEY: &'static str = "corrupt!";
 
     pub fn new() -> GatedEngine {
         GatedEngine::default()
@@ -156,6 +158,13 @@ impl KvsEngine for GatedEngine {
     }
 
     fn get(&self, key: String) -> kvs::Result<Option<String>> {
+        if key == GatedEngine::CORRUPT_KEY {
+            return Err(kvs::KvsError::Corrupt {
+                path: "/srv/secret/data/00000000000000000007.log".into(),
+                offset: 257,
+                reason: "checksum mismatch".to_owned(),
+            });
+        }
         self.state.gets.fetch_add(1, Ordering::SeqCst);
         self.inner.get(key)
     }
