@@ -141,7 +141,7 @@ async fn noeviction_answers_redis_oom_text_and_keeps_every_key() {
         assert!(stored < 10_000, "the bound is not enforced");
     };
     assert!(
-        matches!(&err, KvsError::Server(m) if m.contains(OOM_MESSAGE)),
+        matches!(&err, KvsError::OutOfMemory(m) if m.contains(OOM_MESSAGE)),
         "{err}"
     );
     assert!(stored > 100, "{stored}");
