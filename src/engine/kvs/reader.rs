@@ -48,10 +48,15 @@ impl Reader {
         match self.maps.entry(id) {
             MapEntry::Occupied(e) => Ok(e.into_mut()),
             MapEntry::Vacant(v) => {
-                let file = File::open(segment::path(&core.dir, id))?;
+                let p = segment::path(&core.dir, id);
+                // The error keeps its kind: `NotFound` means compaction
+                // retired the segment, and the caller retries.
+                let file = File::open(&p).map_err(segment::io_at("open segment", &p))?;
                 // A raw read-only map: pointers only, never a `&[u8]` over
                 // bytes the writer may be storing into.
-                let map = MmapOptions::new().map_raw_read_only(&file)?;
+                let map = MmapOptions::new()
+                    .map_raw_read_only(&file)
+                    .map_err(segment::io_at("map", &p))?;
                 Ok(v.insert(map))
             }
         }

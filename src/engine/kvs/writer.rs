@@ -301,3 +301,31 @@ impl GroupCommit {
         s.synced_lsn = s.synced_lsn.max(lsn);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_syncer_that_panics_does_not_leave_later_writers_waiting() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let file = Arc::new(File::create(dir.path().join("f")).unwrap());
+        let commit = Arc::new(GroupCommit::default());
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            commit.wait_durable(10, || panic!("injected"))
+        }));
+        assert!(r.is_err());
+        // Would wait forever if `syncing` had stayed set; the thread is not
+        // joined, so a failure here is an assertion, not a hung test.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let c = Arc::clone(&commit);
+        std::thread::spawn(move || {
+            let r = c.wait_durable(10, || (Arc::clone(&file), 10));
+            let _ = tx.send(r.is_ok());
+        });
+        assert_eq!(
+            rx.recv_timeout(std::time::Duration::from_secs(10)),
+            Ok(true)
+        );
+    }
+}
