@@ -76,25 +76,20 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
 
     let mut scanned = scan_parallel(dir, &ids)?;
     let mut disk_bytes = 0;
-    let mut newest_len = 0;
-    let mut newest_crc = 0;
-    let mut newest_sealed = false;
     for s in &mut scanned {
+        if s.id == newest {
+            continue;
+        }
         let p = segment::path(dir, s.id);
-        let (len, crc) = match &s.end {
-            ScanEnd::Clean { len } => (*len, s.crc),
-            ScanEnd::Bad {
-                offset,
-                reason,
-                len,
-            } if s.id == newest => newest_tail(&p, *offset, reason, *len, s.crc)?,
+        let len = match &s.end {
+            ScanEnd::Clean { len } => *len,
             // A reserved end (zeros only) holds no records, in any segment
             // (an older one may have one from before segments were
             // sealed); anything else in an older segment is damage.
             ScanEnd::Bad { offset, len, .. }
                 if *offset >= SEGMENT_HEADER_LEN && segment::zero_from(&p, *offset, *len)? =>
             {
-                (*offset, s.crc)
+                *offset
             }
             ScanEnd::Bad { offset, reason, .. } => {
                 return Err(KvsError::Corrupt {
@@ -104,7 +99,7 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
                 });
             }
         };
-        if s.id != newest && s.version >= 2 && !s.sealed {
+        if s.version >= 2 && !s.sealed {
             // NOTE: every segment but the newest was sealed before the next
             // one was created (or before a compaction output got its name),
             // so a missing seal means the file lost its end: refuse rather
@@ -120,16 +115,29 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
             });
         }
         disk_bytes += len;
-        if s.id == newest {
-            newest_len = len;
-            newest_crc = crc;
-            newest_sealed = s.sealed;
-        }
     }
+    // `scanned` has one entry per id, and `ids` is not empty (checked above).
+    let last = scanned
+        .last()
+        .expect("one scan per listed segment, and ids is not empty");
+    let (newest_end, newest_scan_crc, newest_sealed) = (last.end.clone(), last.crc, last.sealed);
+    let newest_path = segment::path(dir, newest);
 
     // The merge and the skip-list inserts overlap: one thread merges and
-    // hands sorted chunks to this one, which inserts them.
-    let (live_bytes, index_bytes) = std::thread::scope(|scope| {
+    // hands sorted chunks to this one, which inserts them. Meanwhile a
+    // third decides where the newest segment ends: after a crash that
+    // reads its reserved end (up to `segment_max_bytes` of zeros), which
+    // then costs no wall time. Records before the stop are valid whatever
+    // it decides, and an error it finds fails the open all the same.
+    let (live_bytes, index_bytes, newest_res) = std::thread::scope(|scope| {
+        let newest_job = scope.spawn(|| match &newest_end {
+            ScanEnd::Clean { len } => Ok((*len, newest_scan_crc)),
+            ScanEnd::Bad {
+                offset,
+                reason,
+                len,
+            } => newest_tail(&newest_path, *offset, reason, *len, newest_scan_crc),
+        });
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(String, Loc)>>(4);
         scope.spawn(move || {
             const CHUNK: usize = 8192;
@@ -151,9 +159,15 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
                 index.insert(key, Slot::new(loc));
             }
         }
-        (live_bytes, index_bytes)
+        let r = match newest_job.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        (live_bytes, index_bytes, r)
     });
-    let p = segment::path(dir, newest);
+    let (newest_len, newest_crc) = newest_res?;
+    disk_bytes += newest_len;
+    let p = newest_path;
     let mut read_only = None;
     let file = match OpenOptions::new().read(true).write(true).open(&p) {
         Ok(file) => file,
@@ -344,7 +358,7 @@ fn newest_tail(p: &Path, offset: u64, reason: &str, len: u64, crc: u32) -> Resul
         // header, or reserved but still all zeros; anything else is a
         // damaged header in front of records that may matter.
         if len < SEGMENT_HEADER_LEN || segment::zero_from(p, 0, len)? {
-            let new_len = cut_tail(p, 0, reason, len)?;
+            let new_len = cut_tail(p, 0, reason, len, len)?;
             return Ok((new_len, crc32fast::hash(&record::segment_header())));
         }
         return Err(corrupt(reason.to_string()));
@@ -358,7 +372,7 @@ fn newest_tail(p: &Path, offset: u64, reason: &str, len: u64, crc: u32) -> Resul
             "{reason}; valid records follow, so this is damage inside the file, not a torn tail"
         )));
     }
-    match cut_tail(p, offset, reason, len) {
+    match cut_tail(p, offset, reason, len, last + 1) {
         Ok(new_len) => Ok((new_len, crc)),
         // Read-only: the tail stays on disk; the store ends at `offset`
         // for as long as it is open (it cannot be written anyway).
@@ -367,13 +381,19 @@ fn newest_tail(p: &Path, offset: u64, reason: &str, len: u64, crc: u32) -> Resul
     }
 }
 
-/// Truncates a torn tail of the newest segment at `offset`; returns the new
+/// Removes a torn tail of the newest segment at `offset` (file length
+/// `len`, every byte from `end` on already zero); returns the new used
 /// length. A segment cut inside its header is reset to an empty segment.
-fn cut_tail(p: &Path, offset: u64, reason: &str, len: u64) -> Result<u64> {
+///
+/// NOTE: past the header the torn bytes are overwritten with zeros rather
+/// than truncated: the rest of the file stays the reserved, zeroed end, so
+/// the open does not free and then allocate again up to `segment_max_bytes`
+/// of blocks (which cost more than the whole scan on a busy disk).
+fn cut_tail(p: &Path, offset: u64, reason: &str, len: u64, end: u64) -> Result<u64> {
     tracing::warn!(
         file = %p.display(),
         offset,
-        dropped_bytes = len - offset,
+        dropped_bytes = end.saturating_sub(offset),
         reason,
         "torn tail in the newest segment; cutting it back to the last valid record"
     );
@@ -382,12 +402,19 @@ fn cut_tail(p: &Path, offset: u64, reason: &str, len: u64) -> Result<u64> {
         let new_len = if offset < SEGMENT_HEADER_LEN {
             file.set_len(0)?;
             file.write_all_at(&record::segment_header(), 0)?;
+            file.sync_all()?;
             SEGMENT_HEADER_LEN
         } else {
-            file.set_len(offset)?;
+            let zeros = vec![0u8; (end.min(len) - offset).min(1 << 20) as usize];
+            let mut at = offset;
+            while at < end.min(len) {
+                let n = (end.min(len) - at).min(zeros.len() as u64) as usize;
+                file.write_all_at(&zeros[..n], at)?;
+                at += n as u64;
+            }
+            file.sync_data()?;
             offset
         };
-        file.sync_all()?;
         Ok(new_len)
     };
     Ok(cut().map_err(segment::io_at("cut the torn tail of", p))?)

@@ -197,6 +197,7 @@ pub struct Scanned<'a> {
 }
 
 /// How a scan ended.
+#[derive(Clone)]
 pub enum ScanEnd {
     /// Every byte was a valid record.
     Clean {
