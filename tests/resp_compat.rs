@@ -590,3 +590,49 @@ fn unauthenticated_limits_match_redis() {
         assert_eq!(show(&got), show(&theirs.read_to_close().unwrap()));
     }
 }
+
+/// The exact-reply lines of `script` as one pipelined buffer, each line
+/// as an inline command (`inline`) or a multibulk one.
+fn pipelined(script: &str, inline: bool) -> (Vec<u8>, usize) {
+    let mut out = Vec::new();
+    let mut n = 0;
+    for line in script.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if line.starts_with(['~', '#', '≈']) {
+            continue;
+        }
+        if inline {
+            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        } else {
+            let args = split(line);
+            let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+            out.extend(multibulk(&refs));
+        }
+        n += 1;
+    }
+    (out, n)
+}
+
+#[test]
+fn pipelined_scripts_match_redis_inline_and_multibulk() {
+    let Some(redis) = RedisServer::start("pipelined_scripts_match_redis", None) else {
+        return;
+    };
+    let mut total = 0;
+    for inline in [false, true] {
+        let mut kvs = Kvs::new(MemoryEngine::new(), None);
+        let mut conn = redis.connect();
+        for script in [STRINGS, COUNTERS, KEYS, CONNECTION] {
+            let (request, n) = pipelined(script, inline);
+            let ours = kvs.feed(&request);
+            conn.send(&request).unwrap();
+            let mut theirs = Vec::new();
+            for _ in 0..n {
+                theirs.extend(conn.reply().unwrap());
+            }
+            assert_eq!(show(&ours), show(&theirs), "inline: {inline}");
+            total += n;
+        }
+    }
+    println!("{total} pipelined replies identical to redis-server's");
+}
