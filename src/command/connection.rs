@@ -189,6 +189,10 @@ fn no_proto() -> Reply {
 pub(super) fn select(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
     match integer(&args[1]) {
         Ok(0) => reply(Reply::ok()),
+        // Redis reads the index as a C int, with this (sic) message.
+        Ok(n) if i32::try_from(n).is_err() => reply(Reply::error(
+            "ERR value is out of range, value must between -2147483648 and 2147483647",
+        )),
         Ok(_) => reply(Reply::error("ERR DB index is out of range")),
         Err(r) => reply(r),
     }
