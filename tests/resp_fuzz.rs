@@ -5,6 +5,8 @@
 //! CI runs the default number of cases; `PROPTEST_CASES=100000 cargo test
 //! --test resp_fuzz` runs a longer fuzz.
 
+mod resp_support;
+
 use bytes::{Bytes, BytesMut};
 use kvs::protocol::resp::{Limits, ProtocolError, RespDecoder};
 use proptest::prelude::*;
@@ -49,13 +51,8 @@ fn feed(input: &[u8], cuts: &[usize], limits: &Limits) -> (Vec<Vec<Bytes>>, Opti
 }
 
 fn multibulk(cmd: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", cmd.len()).into_bytes();
-    for a in cmd {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
+    let args: Vec<&[u8]> = cmd.iter().map(Vec::as_slice).collect();
+    resp_support::multibulk(&args)
 }
 
 /// An inline line quoting every argument with `"` and `\xHH` escapes.
