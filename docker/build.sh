@@ -10,6 +10,7 @@
 #   KVS_DOCKER_CONTEXT build context directory (default: target/docker-context);
 #                      it is emptied and refilled on every run
 #   KVS_SKIP_CARGO=1   reuse the binaries already built
+#   CARGO_TARGET_DIR   honoured, as cargo does (default: target)
 #
 # Prints the version tag it built on the last line of stdout.
 set -euo pipefail
@@ -17,13 +18,14 @@ cd "$(dirname "$0")/.."
 
 image=${KVS_IMAGE:-kvs}
 triple=x86_64-unknown-linux-gnu
-bin_dir=target/$triple/release
-context=${KVS_DOCKER_CONTEXT:-target/docker-context}
+target_dir=${CARGO_TARGET_DIR:-target}
+bin_dir=$target_dir/$triple/release
+context=${KVS_DOCKER_CONTEXT:-$target_dir/docker-context}
 
 # glibc linked statically: no musl target needed, and the binaries run on an
 # empty base image. Only for the explicit target, so build scripts and proc
 # macros stay dynamic; the output lands in target/$triple/, apart from the
-# ordinary target/release/.
+# ordinary target/release/ (under CARGO_TARGET_DIR when it is set).
 if [ "${KVS_SKIP_CARGO:-0}" != 1 ]; then
     RUSTFLAGS='-C target-feature=+crt-static' \
         cargo build --release --target "$triple" --bins >&2

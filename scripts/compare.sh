@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # kvs-server against redis-server, same kvs-bench workloads, same machine,
 # one run. Writes the section of BENCHMARKS.md between the compare markers
-# and docs/compare.svg (through scripts/compare_report.py).
+# and docs/compare.svg (through scripts/compare_report.py): by default into
+# a results directory outside the work tree (printed at the end; set
+# KVS_RESULTS to choose it), and into the work tree's BENCHMARKS.md and
+# docs/compare.svg only with --write.
 #
 #   scripts/compare.sh            # full matrix, about 9 minutes on 2 cores
+#   scripts/compare.sh --write    # the same, then update BENCHMARKS.md
 #   DURATION=1 REPEAT=1 scripts/compare.sh     # quicker, noisier
 #
 # Every workload runs REPEAT times per server, the servers taking turns;
@@ -18,6 +22,19 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+
+WRITE=0
+for arg in "$@"; do
+    case $arg in
+    --write) WRITE=1 ;;
+    *)
+        echo "usage: scripts/compare.sh [--write]" >&2
+        exit 2
+        ;;
+    esac
+done
+RESULTS=${KVS_RESULTS:-${TMPDIR:-/tmp}/kvs-compare-$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$RESULTS"
 
 DURATION=${DURATION:-3}      # measured seconds per run
 WARMUP=${WARMUP:-0.5}        # warm-up seconds per run
@@ -208,8 +225,17 @@ for size in 100 4096; do
 done
 
 cat /proc/loadavg >"$OUT/loadavg-end.txt"
-log "writing BENCHMARKS.md section and docs/compare.svg"
-python3 "$ROOT/scripts/compare_report.py" "$OUT" "$ROOT/BENCHMARKS.md" "$ROOT/docs/compare.svg" \
+if [ "$WRITE" = 1 ]; then
+    md=$ROOT/BENCHMARKS.md
+    svg=$ROOT/docs/compare.svg
+else
+    cp "$ROOT/BENCHMARKS.md" "$RESULTS/BENCHMARKS.md"
+    md=$RESULTS/BENCHMARKS.md
+    svg=$RESULTS/compare.svg
+fi
+cp -r "$OUT" "$RESULTS/raw"
+log "writing the BENCHMARKS.md section to $md and the chart to $svg"
+python3 "$ROOT/scripts/compare_report.py" "$OUT" "$md" "$svg" \
     --duration "$DURATION" --warmup "$WARMUP" --repeat "$REPEAT" --keys "$KEYS" --rss-keys "$RSS_KEYS" \
     --connections "$CONNECTIONS"
-log "done"
+log "done: results in $RESULTS$([ "$WRITE" = 1 ] || echo ' (work tree untouched; --write to update BENCHMARKS.md)')"
