@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 
 use bench_support::{Redis, resp_responder, responder};
-use kvs::bench::{self, BenchOptions, KeyDist, Protocol, Ratio, Stop};
+use kvs::bench::{self, BenchOptions, KeyDist, OnMiss, Protocol, Ratio, Scan, Stop};
 
 fn options(addr: SocketAddr) -> BenchOptions {
     BenchOptions {
@@ -90,5 +90,28 @@ async fn against_redis_server() {
         assert_eq!(report.errors, 0, "{report}");
         assert_eq!(report.hits, report.get.ops, "{report}");
     }
+    // Cache-aside with scans over RESP: every miss, scan or not, is filled.
+    let opts = BenchOptions {
+        ratio: Ratio { get: 1, set: 0 },
+        key_dist: KeyDist::Zipf(0.9),
+        keys: 2000,
+        connections: 2,
+        pipeline: 4,
+        on_miss: OnMiss::Set,
+        scan: Some(Scan {
+            every: 50,
+            length: 5,
+        }),
+        ..options(redis.addr)
+    };
+    let report = bench::run(&opts).await.unwrap();
+    assert_eq!((report.ops, report.errors), (2000, 0), "{report}");
+    assert!(report.scan_misses > 0, "{report}");
+    assert_eq!(report.scan_hits, 0, "{report}");
+    assert_eq!(
+        report.fill.ops,
+        report.misses + report.scan_misses,
+        "{report}"
+    );
     drop(redis);
 }

@@ -97,6 +97,8 @@ pub async fn drive<W: Wire>(
         fills: VecDeque::new(),
         measured: Measured::default(),
         measure_from: plan.measure_from,
+        pipeline: plan.pipeline,
+        window_freed: false,
     };
     if let Err(e) = conn.run::<W>(&plan, &workload, &live).await {
         let lost: Vec<(Op, Kind)> = conn
@@ -125,6 +127,10 @@ struct Conn {
     fills: VecDeque<u64>,
     measured: Measured,
     measure_from: Instant,
+    pipeline: usize,
+    /// The last read freed a slot of a full window: late requests sent
+    /// next were held back by the window, not by this client.
+    window_freed: bool,
 }
 
 impl Conn {
@@ -134,9 +140,6 @@ impl Conn {
         let mut next_due = plan.start + plan.first_offset;
         let mut measured_sent = 0u64;
         let mut done = false;
-        // Open loop: the last time a request was due while the window was
-        // full; a late request due at or before it waited for the window.
-        let mut window_full_at: Option<Instant> = None;
         loop {
             let now = Instant::now();
             // Fills go out even after the last scheduled request, as the
@@ -177,7 +180,7 @@ impl Conn {
                         }
                         measured_sent += 1;
                         if plan.interval.is_some() {
-                            let waited = window_full_at.is_some_and(|at| since <= at);
+                            let waited = self.window_freed;
                             self.measured
                                 .send
                                 .record(now.saturating_duration_since(since), waited);
@@ -201,9 +204,7 @@ impl Conn {
                         next_due += interval;
                     }
                 }
-                if plan.interval.is_some() && self.queue.len() >= plan.pipeline && next_due <= now {
-                    window_full_at = Some(now);
-                }
+                self.window_freed = false;
             }
             if self.queue.is_empty() {
                 if done {
@@ -258,12 +259,13 @@ impl Conn {
                 workload.value(),
                 &mut self.wbuf,
             )?;
+            let measured = now >= self.measure_from;
             self.queue.push_back(InFlight {
                 op: Op::Set,
                 key: index,
                 kind: Kind::Fill,
                 since: now,
-                measured: now >= self.measure_from,
+                measured,
             });
         }
         Ok(())
@@ -288,6 +290,7 @@ impl Conn {
         if now >= self.measure_from {
             self.measured.bytes_in += read as u64;
         }
+        let was_full = self.queue.len() >= self.pipeline;
         let (mut consumed, mut ops, mut errors) = (0, 0, 0);
         while let Some(&InFlight {
             op,
@@ -318,6 +321,7 @@ impl Conn {
             }
         }
         self.rbuf.advance(consumed);
+        self.window_freed = was_full && self.queue.len() < self.pipeline;
         live.add(ops, errors);
         if self.queue.is_empty() && !self.rbuf.is_empty() {
             return Err(KvsError::Protocol(

@@ -122,9 +122,10 @@ impl Schedule {
         let client_late = self.sent_late - self.window_waits;
         if ops > 0 && client_late * 100 > ops {
             warnings.push(format!(
-                "this client sent {client_late} requests late with room in its window \
-                 (send lag p99 {:.3} ms, max {:.3} ms): it is a bottleneck itself; \
-                 try --threads 2 or fewer connections",
+                "this client sent {client_late} requests late with room in their window \
+                 (send lag p99 {:.3} ms, max {:.3} ms): the client, or other load on its \
+                 machine, fell behind by itself; their wait is in the latency too \
+                 (try --threads 2, or a quieter machine)",
                 self.send_lag_p99_us / 1000.0,
                 self.send_lag_max_us / 1000.0
             ));
