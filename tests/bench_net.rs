@@ -195,3 +195,34 @@ async fn against_redis_server_the_client_says_redis() {
     assert!(err.contains("Redis protocol"), "{err}");
     assert!(err.contains(&redis.addr.to_string()), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_listens_on_a_host_name() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvs-server"))
+        .args(["--addr", &format!("localhost:{port}"), "--engine", "memory"])
+        .args(["--log-level", "warn"])
+        .arg("--dir")
+        .arg(dir.path())
+        .spawn()
+        .unwrap();
+    let outcome = tokio::time::timeout(LIMIT, async {
+        loop {
+            if let Ok(mut c) = KvsClient::connect(format!("localhost:{port}")).await {
+                return c.ping().await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    outcome
+        .expect("kvs-server --addr localhost:PORT did not come up")
+        .unwrap();
+}
