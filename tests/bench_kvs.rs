@@ -150,7 +150,7 @@ async fn binary_writes_json_with_every_field() {
             "zipf:1.1",
             "--keys",
             "1000",
-            "--value-size",
+            "-d",
             "64",
             "--preload",
             "--json",
@@ -182,6 +182,15 @@ async fn binary_writes_json_with_every_field() {
     assert_eq!(doc["requests"], 2000);
     assert_eq!(doc["preload"]["keys"], 1000);
     assert!(doc["rate"].is_null());
+    // Closed loop: no schedule to keep, no warnings.
+    assert!(doc["schedule"].is_null());
+    assert_eq!(doc["warnings"], serde_json::json!([]));
+    // Preloaded: every GET hits.
+    assert_eq!(doc["hit_ratio"], 1.0);
+    assert_eq!(doc["on_miss"], "none");
+    assert!(doc["kbytes_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(doc["bytes_out"].as_u64().unwrap() > 2000 * 16);
+    assert!(doc["bytes_in"].as_u64().unwrap() > 0);
     assert!(doc["throughput"].as_f64().unwrap() > 0.0);
     assert_eq!(
         doc["hits"].as_u64().unwrap() + doc["misses"].as_u64().unwrap(),
