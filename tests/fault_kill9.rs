@@ -35,6 +35,7 @@ const WINDOW: usize = 32;
 struct Server {
     child: Child,
     addr: SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
@@ -58,8 +59,9 @@ impl Server {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
         std::thread::spawn(move || {
-            let mut log = String::new();
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if !sent && let Some(rest) = line.split("listening on ").nth(1) {
@@ -67,17 +69,19 @@ impl Server {
                     let _ = tx.send(Ok(addr));
                     sent = true;
                 }
+                let mut log = sink.lock().unwrap();
                 log.push_str(&line);
                 log.push('\n');
             }
             if !sent {
-                let _ = tx.send(Err(log));
+                let _ = tx.send(Err(sink.lock().unwrap().clone()));
             }
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(Ok(addr)) => Server {
                 child,
                 addr: addr.parse().unwrap(),
+                log,
             },
             other => {
                 let _ = child.kill();
@@ -85,6 +89,11 @@ impl Server {
                 panic!("server did not start: {other:?}");
             }
         }
+    }
+
+    /// What the server logged so far, for a failure message.
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 
     /// SIGKILL, by PID, and reap.
@@ -143,7 +152,10 @@ async fn load(addr: SocketAddr, model: &mut Model, rng: &mut StdRng, cycle: usiz
             seq += 1;
             sent.push_back((key, effect));
         }
-        let response = client.recv().await.unwrap();
+        let response = client
+            .recv()
+            .await
+            .unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
         let (key, effect) = sent.pop_front().unwrap();
         match (&response, &effect) {
             (Response::Ok, _) => {}
@@ -206,8 +218,14 @@ fn cycles(sync: &str, n: usize) {
     for cycle in 0..n {
         let server = Server::start(dir.path(), sync);
         let ctx = format!("sync {sync}, seed {seed}, cycle {cycle}");
-        rt.block_on(check(server.addr, &mut model, &ctx));
-        rt.block_on(load(server.addr, &mut model, &mut rng, cycle));
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rt.block_on(check(server.addr, &mut model, &ctx));
+            rt.block_on(load(server.addr, &mut model, &mut rng, cycle));
+        }));
+        if let Err(panic) = run {
+            eprintln!("{ctx}: server log:\n{}", server.log());
+            std::panic::resume_unwind(panic);
+        }
         server.kill9();
     }
     let server = Server::start(dir.path(), sync);

@@ -16,6 +16,7 @@ mod options;
 mod reader;
 pub mod record;
 mod recovery;
+mod scan;
 mod segment;
 mod write;
 mod writer;

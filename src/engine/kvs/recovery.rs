@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::index::{self, Index, Loc, Slot, now_ms};
 use super::record::{self, Kind, SEGMENT_HEADER_LEN};
-use super::segment::{self, ScanEnd, SegmentId};
+use super::scan::{self, ScanEnd};
+use super::segment::{self, SegmentId};
 use crate::{KvsError, Result};
 
 /// What recovery hands to the writer.
@@ -87,7 +88,7 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
             // (an older one may have one from before segments were
             // sealed); anything else in an older segment is damage.
             ScanEnd::Bad { offset, len, .. }
-                if *offset >= SEGMENT_HEADER_LEN && segment::zero_from(&p, *offset, *len)? =>
+                if *offset >= SEGMENT_HEADER_LEN && scan::zero_from(&p, *offset, *len)? =>
             {
                 *offset
             }
@@ -268,7 +269,7 @@ fn scan_parallel(dir: &Path, ids: &[SegmentId]) -> Result<Vec<Scanned>> {
 fn scan_one(dir: &Path, id: SegmentId) -> Result<Scanned> {
     let mut records = Vec::new();
     let mut cleared = false;
-    let scan = segment::scan(&segment::path(dir, id), |rec| {
+    let scan = scan::scan(&segment::path(dir, id), |rec| {
         if rec.header.kind == Kind::Clear {
             records.clear();
             cleared = true;
@@ -357,17 +358,17 @@ fn newest_tail(p: &Path, offset: u64, reason: &str, len: u64, crc: u32) -> Resul
         // A crash inside segment creation leaves a file shorter than its
         // header, or reserved but still all zeros; anything else is a
         // damaged header in front of records that may matter.
-        if len < SEGMENT_HEADER_LEN || segment::zero_from(p, 0, len)? {
+        if len < SEGMENT_HEADER_LEN || scan::zero_from(p, 0, len)? {
             let new_len = cut_tail(p, 0, reason, len, len)?;
             return Ok((new_len, crc32fast::hash(&record::segment_header())));
         }
         return Err(corrupt(reason.to_string()));
     }
-    let Some(last) = segment::last_nonzero(p, offset, len)? else {
+    let Some(last) = scan::last_nonzero(p, offset, len)? else {
         // The reserved, never written end of the active segment.
         return Ok((offset, crc));
     };
-    if segment::valid_record_after(p, offset, last, len)? {
+    if scan::valid_record_after(p, offset, last, len)? {
         return Err(corrupt(format!(
             "{reason}; valid records follow, so this is damage inside the file, not a torn tail"
         )));
