@@ -44,3 +44,40 @@ fn per_entry_overhead() {
     );
     assert_eq!(e.len(), N);
 }
+
+/// The same at the bound: 10x the bound written through a bounded engine,
+/// so eviction runs all along (policy queues, S3-FIFO's ghost, freed and
+/// reused blocks). Prints RSS growth per entry held.
+#[test]
+#[ignore = "measurement: run in release with --ignored --nocapture"]
+fn per_entry_overhead_at_the_bound() {
+    let policy: EvictionPolicy = std::env::var("KVS_EVICTION")
+        .unwrap_or_else(|_| "s3fifo".into())
+        .parse()
+        .unwrap();
+    let value_size: usize = std::env::var("VALUE_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let bound: u64 = 64 << 20;
+    let e = MemoryEngine::with_options(MemoryOptions {
+        max_memory: bound,
+        eviction: policy,
+    });
+    let value = "v".repeat(value_size);
+    let before = rss();
+    let n = 10 * bound / value_size as u64;
+    for i in 0..n {
+        e.set(format!("key:{i:012}"), value.clone()).unwrap();
+    }
+    let after = rss();
+    let held = e.len();
+    println!(
+        "policy {policy}, {value_size} B values, bound {bound}: {held} entries held, \
+         RSS +{} = {:.2} x bound, {:.1} bytes/entry held (accounted {} each)",
+        after - before,
+        (after - before) as f64 / bound as f64,
+        (after - before) as f64 / held as f64,
+        16 + value_size as u64 + ENTRY_OVERHEAD
+    );
+}

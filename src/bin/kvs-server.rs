@@ -66,11 +66,27 @@ struct Cli {
     log_level: String,
 }
 
+/// Limits glibc to one malloc arena (per-thread caches stay). With one
+/// arena per engine thread, entries allocated on one thread and evicted on
+/// another leave free space in arenas that other threads do not reuse: a
+/// memory engine filled to its --max-memory then held 1.17x the bound in
+/// RSS instead of about 1.03x in one thread (tests/memory_server.rs,
+/// BENCHMARKS.md). Called first thing, before any thread exists.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; it is called before
+    // any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 fn parse_max_memory(s: &str) -> Result<u64, String> {
     parse_size(s).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
+    one_malloc_arena();
     let cli = Cli::parse();
     let filter = match EnvFilter::try_new(&cli.log_level) {
         Ok(filter) => filter,
