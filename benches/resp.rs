@@ -5,6 +5,10 @@
 //!   decoded into argument lists (what a `-P 16..64` client sends).
 //! - `trickle`: one `SET` with a 1 MiB value arriving in 16 KiB reads; the
 //!   decoder is asked after every read, as a connection asks it.
+//! - `commands`: the whole per-command path without the network: decode,
+//!   `dispatch`, `execute` on a `MemoryEngine`, encode the reply, for 64
+//!   pipelined `SET`s and 64 `GET`s (no peer: a baseline for the server's
+//!   own overhead).
 
 use std::hint::black_box;
 
@@ -111,5 +115,43 @@ fn trickle(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pipeline, trickle);
+fn commands(c: &mut Criterion) {
+    use kvs::MemoryEngine;
+    use kvs::command::{ServerContext, Session, Step, dispatch};
+
+    let engine = MemoryEngine::new();
+    let ctx = ServerContext::new(Box::new(Default::default));
+    let mut session = Session::new(&ctx);
+    let limits = Limits::default();
+    let value = vec![b'x'; 100];
+    let sets: Vec<u8> = (0..64)
+        .flat_map(|i| set_command(&format!("key:{i:08}"), &value))
+        .collect();
+    let gets: Vec<u8> = (0..64)
+        .flat_map(|i| {
+            let key = format!("key:{i:08}");
+            format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len()).into_bytes()
+        })
+        .collect();
+    let mut run = |input: &[u8], session: &mut Session| {
+        let mut buf = BytesMut::from(input);
+        let mut out = BytesMut::new();
+        let mut decoder = RespDecoder::new();
+        while let Some(args) = decoder.decode(&mut buf, &limits, true).unwrap() {
+            match dispatch(args, session, &ctx) {
+                Step::Engine(cmd) => cmd.execute(&engine, &ctx, 16 << 20).reply.encode(&mut out),
+                Step::Reply(r) | Step::Close(r) => r.encode(&mut out),
+            }
+        }
+        black_box(out.len())
+    };
+    run(&sets, &mut session);
+    let mut group = c.benchmark_group("resp/commands");
+    group.throughput(Throughput::Elements(64));
+    group.bench_function("set", |b| b.iter(|| run(&sets, &mut session)));
+    group.bench_function("get", |b| b.iter(|| run(&gets, &mut session)));
+    group.finish();
+}
+
+criterion_group!(benches, pipeline, trickle, commands);
 criterion_main!(benches);

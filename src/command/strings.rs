@@ -260,6 +260,22 @@ impl Op {
             Op::Strlen(key) => engine
                 .get_entry(&key)
                 .map(|e| Reply::Integer(e.map_or(0, |e| e.value.len() as i64)).into()),
+            // The common case, a plain SET (or SETEX): one write, no read.
+            Op::Set {
+                key,
+                value,
+                expiry: expiry @ (Expiry::Clear | Expiry::In(_)),
+                cond: Cond::Always,
+                get: false,
+            } => {
+                let expires_at = match expiry {
+                    Expiry::In(ms) => now_ms().saturating_add(ms),
+                    _ => NO_EXPIRY,
+                };
+                engine
+                    .set_expiring(key, value, expires_at)
+                    .map(|()| Reply::ok().into())
+            }
             Op::Set {
                 key,
                 value,
@@ -268,7 +284,6 @@ impl Op {
                 get,
             } => engine
                 .update(key, |old| {
-                    let now = now_ms();
                     let written = match cond {
                         Cond::Always => true,
                         Cond::Nx => old.is_none(),
@@ -279,6 +294,12 @@ impl Op {
                     if !written {
                         return (Update::Keep, (false, previous));
                     }
+                    let now = match expiry {
+                        Expiry::In(_) | Expiry::At(_) => now_ms(),
+                        // Nothing to compare with: the expiry is kept or
+                        // cleared.
+                        Expiry::Clear | Expiry::Keep => 0,
+                    };
                     let expires_at = expiry.resolve(current, now);
                     let update = if expired_at(expires_at, now) {
                         // An EXAT/PXAT in the past: set and expired at once.
