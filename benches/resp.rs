@@ -133,7 +133,7 @@ fn commands(c: &mut Criterion) {
             format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len()).into_bytes()
         })
         .collect();
-    let mut run = |input: &[u8], session: &mut Session| {
+    let run = |input: &[u8], session: &mut Session| {
         let mut buf = BytesMut::from(input);
         let mut out = BytesMut::new();
         let mut decoder = RespDecoder::new();
