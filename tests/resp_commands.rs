@@ -539,3 +539,14 @@ fn a_full_memory_engine_answers_redis_oom() {
     assert_eq!(k.line("DEL k0"), ":1\r\n");
     assert_eq!(k.line("EXISTS k1"), ":1\r\n");
 }
+
+#[test]
+fn what_the_server_moves_across_threads_can_move() {
+    fn send<T: Send + 'static>() {}
+    fn shared<T: Send + Sync + 'static>() {}
+    send::<kvs::command::EngineCommand>();
+    send::<kvs::command::Executed>();
+    send::<Session>();
+    shared::<ServerContext>();
+    send::<kvs::protocol::resp::RespDecoder>();
+}
