@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::command::ServerInfo;
 use crate::protocol::DEFAULT_MAX_FRAME_LEN;
 use crate::{KvsError, Result};
 
@@ -41,6 +42,12 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// When set, clients must authenticate (native `Auth`, RESP `AUTH`).
     pub password: Option<Password>,
+    /// What RESP `INFO` says about the server (engine, persistence); the
+    /// TCP port is filled in from the listener.
+    pub info: ServerInfo,
+    /// `CONFIG GET` answers beyond the defaults (`maxmemory`,
+    /// `appendfsync`, ...), set from the server's flags.
+    pub config_get: Vec<(String, String)>,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +63,8 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(5),
             password: None,
+            info: ServerInfo::default(),
+            config_get: Vec::new(),
         }
     }
 }
@@ -142,6 +151,11 @@ impl Password {
             return Err(KvsError::InvalidInput("the password is empty".to_owned()));
         }
         Ok(Password(password))
+    }
+
+    /// The password itself, for the RESP command layer's own check.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
     }
 
     /// Whether `candidate` is the password, in time that depends only on

@@ -26,7 +26,9 @@ use super::inbuf::{CHUNK, InBuf};
 use super::job::{Job, JobContext};
 use super::native::Native;
 use super::pipeline::Pipeline;
+use super::resp::Resp;
 use super::{ServerConfig, ServerStats};
+use crate::command::ServerContext;
 use crate::thread_pool::SharedQueueThreadPool;
 use crate::{KvsEngine, Result};
 
@@ -38,6 +40,8 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<ServerStats>,
     /// Bytes of request input buffered across all connections.
     pub(crate) input_budget: Arc<Semaphore>,
+    /// What RESP commands share.
+    pub(crate) commands: Arc<ServerContext>,
 }
 
 /// Past this many unsent response bytes the connection stops reading and
@@ -125,6 +129,7 @@ pub(crate) async fn serve<E: KvsEngine>(
         config: shared.config.clone(),
         stats: Arc::clone(&shared.stats),
         connection: id,
+        commands: Arc::clone(&shared.commands),
     });
     // The first byte tells the protocol; wait for it as for any request.
     let mut first = [0u8; 1];
@@ -139,9 +144,8 @@ pub(crate) async fn serve<E: KvsEngine>(
         return;
     }
     let result = if is_resp(first[0]) {
-        // TODO(lead): RESP lands with the resp helper's parser.
-        let native = Native::new(&shared.config);
-        drive(&mut stream, &shared, engine, &token, native, ctx).await
+        let resp = Resp::new(&shared.config, Arc::clone(&shared.commands));
+        drive(&mut stream, &shared, engine, &token, resp, ctx).await
     } else {
         let native = Native::new(&shared.config);
         drive(&mut stream, &shared, engine, &token, native, ctx).await

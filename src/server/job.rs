@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::{ServerConfig, ServerStats};
 use crate::KvsEngine;
+use crate::command::{Scope, ServerContext};
 
 /// One decoded request that needs the engine. Each protocol has its own
 /// request type; the pipeline, the pool and the ordering rules are shared.
@@ -15,6 +16,12 @@ pub(crate) trait Job: Send + 'static {
     /// Calls `f(key, writes)` for every key the request touches, so the
     /// pipeline can keep read-your-writes order within a connection.
     fn for_each_key(&self, f: &mut dyn FnMut(&[u8], bool));
+
+    /// Whether the request touches only its keys or the whole keyspace
+    /// (`FLUSHDB`, `SCAN`), for the same ordering.
+    fn scope(&self) -> Scope {
+        Scope::Keys
+    }
 
     /// Runs the request on a pool thread.
     fn run<E: KvsEngine>(self, engine: &E, ctx: &JobContext) -> Self::Output;
@@ -29,4 +36,6 @@ pub(crate) struct JobContext {
     pub(crate) stats: Arc<ServerStats>,
     /// The connection the job belongs to, for counters.
     pub(crate) connection: u64,
+    /// What RESP commands read: password, `CONFIG GET` table, cursors.
+    pub(crate) commands: Arc<ServerContext>,
 }

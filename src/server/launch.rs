@@ -39,8 +39,9 @@ pub struct Settings {
 ///
 /// Fails before binding when the directory is unusable, records another
 /// engine ([`KvsError::EngineMismatch`]) or is locked by another process.
-pub async fn serve(settings: Settings, token: CancellationToken) -> Result<()> {
+pub async fn serve(mut settings: Settings, token: CancellationToken) -> Result<()> {
     settings.config.validate()?;
+    describe(&mut settings);
     if settings.engine == EngineKind::Kvs && settings.memory.max_memory != 0 {
         return Err(KvsError::InvalidInput(
             "--max-memory bounds the memory engine only (the kvs engine keeps values on disk); \
@@ -78,6 +79,31 @@ pub async fn serve(settings: Settings, token: CancellationToken) -> Result<()> {
             start(settings, engine, pool, token).await
         }
     }
+}
+
+/// What RESP `INFO` and `CONFIG GET` report of these settings.
+fn describe(settings: &mut Settings) {
+    let persistent = settings.engine == EngineKind::Kvs;
+    let cfg = &mut settings.config;
+    cfg.info.engine = settings.engine.name().to_owned();
+    cfg.info.persistent = persistent;
+    let fsync = match settings.sync {
+        SyncMode::Always => "always",
+        SyncMode::EverySec => "everysec",
+        SyncMode::Never => "no",
+    };
+    let mut set = |name: &str, value: String| cfg.config_get.push((name.to_owned(), value));
+    set(
+        "appendonly",
+        if persistent { "yes" } else { "no" }.to_owned(),
+    );
+    set("appendfsync", fsync.to_owned());
+    set("maxmemory", settings.memory.max_memory.to_string());
+    let policy = match settings.memory.eviction.to_string().as_str() {
+        "noeviction" => "noeviction".to_owned(),
+        other => format!("allkeys-{other}"),
+    };
+    set("maxmemory-policy", policy);
 }
 
 async fn start<E: KvsEngine>(

@@ -17,6 +17,7 @@ mod launch;
 mod native;
 mod pipeline;
 mod reject;
+mod resp;
 mod stats;
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub use engine::{ENGINE_RECORD, EngineKind, check_and_record_engine};
 pub use launch::{Settings, serve};
 pub use stats::{Counter, EngineSnapshot, ServerStats, StatsSnapshot, rss_bytes};
 
+use crate::command::ServerContext;
 use crate::thread_pool::SharedQueueThreadPool;
 use crate::{KvsEngine, Result};
 use connection::Shared;
@@ -58,6 +60,35 @@ pub async fn run<E: KvsEngine>(
     run_with_stats(listener, engine, pool, config, token, Arc::default()).await
 }
 
+/// What RESP commands see of the server: its password, `CONFIG GET`
+/// table, `INFO` facts and counters.
+fn command_context(
+    config: &ServerConfig,
+    listener: &TcpListener,
+    stats: &Arc<ServerStats>,
+) -> ServerContext {
+    let counters = Arc::clone(stats);
+    let mut ctx = ServerContext::new(Box::new(move || counters.snapshot()));
+    ctx.requirepass = config.password.as_ref().map(|p| p.expose().to_owned());
+    ctx.info = config.info.clone();
+    ctx.info.tcp_port = listener.local_addr().map_or(0, |a| a.port());
+    ctx.set_config("maxclients", config.max_connections.to_string());
+    ctx.set_config("proto-max-bulk-len", config.max_frame_len.to_string());
+    ctx.set_config("timeout", config.idle_timeout.as_secs().to_string());
+    ctx.set_config(
+        "requirepass",
+        if config.password.is_some() {
+            "(set)"
+        } else {
+            ""
+        },
+    );
+    for (name, value) in &config.config_get {
+        ctx.set_config(name, value.clone());
+    }
+    ctx
+}
+
 /// [`run`], counting into `stats` (which the caller may read while the
 /// server runs).
 pub async fn run_with_stats<E: KvsEngine>(
@@ -71,11 +102,13 @@ pub async fn run_with_stats<E: KvsEngine>(
     config.validate()?;
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let rejecting = Arc::new(Semaphore::new(config.max_rejecting));
+    let commands = Arc::new(command_context(&config, &listener, &stats));
     let shared = Arc::new(Shared {
         pool,
         input_budget: Arc::new(Semaphore::new(config.input_budget)),
         config,
         stats,
+        commands,
     });
     let tracker = TaskTracker::new();
     let mut backoff = ACCEPT_BACKOFF.0;

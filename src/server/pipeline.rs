@@ -24,6 +24,7 @@ use tracing::warn;
 
 use super::job::{Job, JobContext};
 use crate::KvsEngine;
+use crate::command::Scope;
 use crate::thread_pool::{Blocking, SharedQueueThreadPool};
 
 /// Most requests one pool job executes, in order. Requests decoded from the
@@ -185,6 +186,11 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
         self.started += count as u64;
         self.running += count;
         for job in &jobs {
+            match job.scope() {
+                Scope::Keys => {}
+                Scope::ReadsAll => self.touched.push((ALL_KEYS, last, false)),
+                Scope::WritesAll => self.touched.push((ALL_KEYS, last, true)),
+            }
             job.for_each_key(&mut |key, writes| self.touched.push((hash(key), last, writes)));
         }
         let engine = self.stash.pop().unwrap_or_else(|| self.template.clone());
@@ -229,10 +235,24 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
     /// The latest unfinished request `job` must wait for.
     fn conflict(&self, job: &J) -> Option<u64> {
         let mut after = None;
+        let conflicts = |h: u64, hash: u64| h == hash || h == ALL_KEYS || hash == ALL_KEYS;
+        match job.scope() {
+            Scope::Keys => {}
+            // A whole-keyspace command waits for every earlier write (a
+            // read) or every earlier request (a write).
+            scope => {
+                let writes = scope == Scope::WritesAll;
+                for &(_, seq, w) in &self.touched {
+                    if writes || w {
+                        after = after.max(Some(seq));
+                    }
+                }
+            }
+        }
         job.for_each_key(&mut |key, writes| {
             let hash = hash(key);
             for &(h, seq, w) in &self.touched {
-                if h == hash && (writes || w) {
+                if conflicts(h, hash) && (writes || w) {
                     after = after.max(Some(seq));
                 }
             }
@@ -240,6 +260,10 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
         after
     }
 }
+
+/// The hash recorded for a whole-keyspace command: it conflicts with every
+/// key. (A key hashing to it only waits needlessly.)
+const ALL_KEYS: u64 = u64::MAX;
 
 fn hash(key: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();

@@ -1,0 +1,109 @@
+//! RESP2 on the server: the wire format of `protocol::resp` and the
+//! commands of `command`, plugged into the one connection loop.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::ServerConfig;
+use super::connection::{Decoded, Protocol};
+use super::job::{Job, JobContext};
+use crate::KvsEngine;
+use crate::command::{self, EngineCommand, Scope, ServerContext, Session, Step};
+use crate::protocol::resp::{Limits, Reply, RespDecoder};
+
+/// Requests in flight for a connection that has not authenticated.
+const UNAUTHENTICATED_IN_FLIGHT: usize = 4;
+
+/// One connection's side of RESP.
+pub(crate) struct Resp {
+    decoder: RespDecoder,
+    session: Session,
+    limits: Limits,
+    commands: Arc<ServerContext>,
+}
+
+impl Resp {
+    pub(crate) fn new(cfg: &ServerConfig, commands: Arc<ServerContext>) -> Resp {
+        Resp {
+            decoder: RespDecoder::new(),
+            session: Session::new(&commands),
+            limits: Limits {
+                max_bulk_len: cfg.max_frame_len,
+                ..Limits::default()
+            },
+            commands,
+        }
+    }
+}
+
+impl Protocol for Resp {
+    type Job = RespJob;
+
+    fn decode(&mut self, buf: &mut BytesMut, ctx: &JobContext) -> Decoded<RespJob> {
+        let authenticated = self.session.is_authenticated();
+        match self.decoder.decode(buf, &self.limits, authenticated) {
+            Ok(None) => Decoded::Incomplete,
+            Ok(Some(args)) => match command::dispatch(args, &mut self.session, &self.commands) {
+                Step::Reply(reply) => Decoded::Answer(reply),
+                Step::Close(reply) => Decoded::Last {
+                    output: reply,
+                    why: "client quit",
+                    drain: false,
+                },
+                Step::Engine(cmd) => Decoded::Run(RespJob(cmd)),
+            },
+            Err(e) => {
+                tracing::debug!(connection = ctx.connection, "RESP protocol error: {e:?}");
+                Decoded::Last {
+                    output: e.reply(),
+                    why: "RESP protocol error",
+                    drain: true,
+                }
+            }
+        }
+    }
+
+    fn encode(&mut self, output: &Reply, wbuf: &mut BytesMut, _: &JobContext) {
+        output.encode(wbuf);
+    }
+
+    fn max_in_flight(&self, cfg: &ServerConfig) -> usize {
+        if self.session.is_authenticated() {
+            cfg.max_in_flight
+        } else {
+            UNAUTHENTICATED_IN_FLIGHT.min(cfg.max_in_flight)
+        }
+    }
+}
+
+/// A RESP command that needs the engine.
+pub(crate) struct RespJob(EngineCommand);
+
+impl Job for RespJob {
+    type Output = Reply;
+
+    fn for_each_key(&self, f: &mut dyn FnMut(&[u8], bool)) {
+        self.0.for_each_key(|key, writes| f(key.as_bytes(), writes));
+    }
+
+    fn scope(&self) -> Scope {
+        self.0.scope()
+    }
+
+    fn run<E: KvsEngine>(self, engine: &E, ctx: &JobContext) -> Reply {
+        let done = self
+            .0
+            .execute(engine, &ctx.commands, ctx.config.max_frame_len);
+        ctx.stats
+            .counter(ctx.connection)
+            .lookups(done.hits, done.misses);
+        done.reply
+    }
+
+    fn failed(n: usize) -> Vec<Reply> {
+        std::iter::repeat_with(|| Reply::error("ERR internal error; see the server log"))
+            .take(n)
+            .collect()
+    }
+}
