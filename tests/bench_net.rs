@@ -164,7 +164,8 @@ async fn a_slow_kvs_server_is_not_mistaken_for_another() {
         .unwrap()
         .unwrap();
 
-    // A kvs server behind the RESP flag of kvs-bench is named too.
+    // kvs also speaks RESP on the same port: kvs-bench's RESP mode runs
+    // against it without errors.
     let server = TestServer::start(MemoryEngine::new(), ServerConfig::default()).await;
     let opts = BenchOptions {
         addr: server.addr.to_string(),
@@ -172,11 +173,8 @@ async fn a_slow_kvs_server_is_not_mistaken_for_another() {
         stop: Stop::Requests(10),
         ..BenchOptions::default()
     };
-    let err = bench::run(&opts).await.unwrap_err().to_string();
-    assert!(
-        err.contains("native protocol") || err.contains("closed"),
-        "{err}"
-    );
+    let report = bench::run(&opts).await.unwrap();
+    assert_eq!((report.ops, report.errors), (10, 0));
     server.stop().await;
 }
 
