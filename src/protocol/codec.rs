@@ -236,6 +236,14 @@ mod tests {
         assert_eq!(frame(&Response::Value(None)), [0, 0, 0, 3, 1, 2, 0]);
         let values = Response::Values(vec![Some("a".into()), None]);
         assert_eq!(frame(&values), [0, 0, 0, 7, 1, 3, 2, 1, 1, b'a', 0]);
+        let auth = Request::<&str>::Auth { password: "pw" };
+        assert_eq!(frame(&auth), [0, 0, 0, 5, 1, 5, 2, b'p', b'w']);
+        assert_eq!(frame(&Request::<&str>::Stats), [0, 0, 0, 2, 1, 6]);
+        let denied = Response::Error {
+            kind: ErrorKind::Auth,
+            message: "no".into(),
+        };
+        assert_eq!(frame(&denied), [0, 0, 0, 6, 1, 4, 5, 2, b'n', b'o']);
     }
 
     /// Lets `documented_bytes` encode requests and responses through one
