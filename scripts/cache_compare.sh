@@ -37,7 +37,7 @@ bench() { # name protocol port
         --duration "$DURATION" --warmup 1 --ratio 1:0 --key-dist zipf:0.99 -r 300000 \
         -d 100 --on-miss set --seed 7 2>&1)
     echo "### $1"
-    echo "$out" | grep -Ei "throughput|ops/s|requests/s|hit" | head -6
+    echo "$out" | grep -E "req/s|GET hits" | head -3
 }
 
 wait_port() {
