@@ -270,3 +270,159 @@ fn hash(key: &[u8]) -> u64 {
     key.hash(&mut h);
     h.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::MemoryEngine;
+    use crate::server::{ServerConfig, ServerStats};
+    use crate::thread_pool::ThreadPool;
+
+    /// A job on one key that records when it ran; `job(0, ..)` style ids.
+    struct Probe {
+        id: u32,
+        key: &'static str,
+        writes: bool,
+        scope: Scope,
+        log: Arc<Mutex<Vec<u32>>>,
+    }
+
+    impl Job for Probe {
+        type Output = u32;
+
+        fn for_each_key(&self, f: &mut dyn FnMut(&[u8], bool)) {
+            f(self.key.as_bytes(), self.writes);
+        }
+
+        fn scope(&self) -> Scope {
+            self.scope
+        }
+
+        fn run<E: KvsEngine>(self, _: &E, _: &JobContext) -> u32 {
+            self.log.lock().unwrap().push(self.id);
+            self.id
+        }
+
+        fn failed(n: usize) -> Vec<u32> {
+            vec![u32::MAX; n]
+        }
+    }
+
+    fn pipeline() -> Pipeline<MemoryEngine, Probe> {
+        let pool = Arc::new(<SharedQueueThreadPool as ThreadPool>::new(4).unwrap());
+        let ctx = Arc::new(JobContext {
+            config: ServerConfig::default(),
+            stats: Arc::new(ServerStats::default()),
+            connection: 1,
+            commands: Arc::new(crate::command::ServerContext::new(Box::new(
+                crate::server::StatsSnapshot::default,
+            ))),
+        });
+        Pipeline::new(MemoryEngine::new(), pool, ctx)
+    }
+
+    fn probe(log: &Arc<Mutex<Vec<u32>>>, id: u32, key: &'static str, writes: bool) -> Probe {
+        Probe {
+            id,
+            key,
+            writes,
+            scope: Scope::Keys,
+            log: Arc::clone(log),
+        }
+    }
+
+    async fn drain(p: &mut Pipeline<MemoryEngine, Probe>) -> Vec<u32> {
+        let mut out = Vec::new();
+        loop {
+            while !p.is_blocked() && p.held.is_none() && !p.batch.is_empty() {
+                p.launch_batch();
+            }
+            p.launch_batch();
+            match p.next_finished().await {
+                Some(outputs) => out.extend(outputs),
+                None => break,
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn outputs_come_back_in_request_order() {
+        let log = Arc::default();
+        let mut p = pipeline();
+        for id in 0..40 {
+            let key = ["a", "b", "c", "d"][id as usize % 4];
+            p.submit(probe(&log, id, key, false));
+            if id % 3 == 0 {
+                p.push_ready(1000 + id);
+            }
+        }
+        let out = drain(&mut p).await;
+        let mut expected = Vec::new();
+        for id in 0..40 {
+            expected.push(id);
+            if id % 3 == 0 {
+                expected.push(1000 + id);
+            }
+        }
+        assert_eq!(out, expected);
+        assert!(p.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_read_after_a_write_of_its_key_waits_for_the_write() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut p = pipeline();
+        p.submit(probe(&log, 0, "k", true));
+        p.launch_batch();
+        // Different key: not held. Same key: held behind the write.
+        assert!(p.conflict(&probe(&log, 9, "other", false)).is_none());
+        assert_eq!(p.conflict(&probe(&log, 9, "k", false)), Some(0));
+        p.submit(probe(&log, 1, "k", false));
+        assert!(p.is_blocked());
+        assert_eq!(p.next_finished().await, Some(vec![0]));
+        assert!(!p.is_blocked(), "released once the write finished");
+        p.launch_batch();
+        assert_eq!(p.next_finished().await, Some(vec![1]));
+        assert_eq!(*log.lock().unwrap(), vec![0, 1]);
+    }
+
+    #[tokio::test]
+    async fn reads_of_one_key_do_not_wait_for_each_other() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut p = pipeline();
+        p.submit(probe(&log, 0, "k", false));
+        p.launch_batch();
+        assert!(p.conflict(&probe(&log, 1, "k", false)).is_none());
+        // A write waits for an earlier read of its key.
+        assert_eq!(p.conflict(&probe(&log, 2, "k", true)), Some(0));
+        assert_eq!(drain(&mut p).await, vec![0]);
+    }
+
+    #[tokio::test]
+    async fn whole_keyspace_commands_order_against_everything() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut p = pipeline();
+        p.submit(probe(&log, 0, "a", false));
+        p.launch_batch();
+        let mut flush = probe(&log, 1, "", false);
+        flush.scope = Scope::WritesAll;
+        // A flush waits even for an earlier read.
+        assert_eq!(p.conflict(&flush), Some(0));
+        let mut scan = probe(&log, 2, "", false);
+        scan.scope = Scope::ReadsAll;
+        // A scan does not wait for reads...
+        assert!(p.conflict(&scan).is_none());
+        p.submit(flush);
+        assert!(p.is_blocked());
+        assert_eq!(p.next_finished().await, Some(vec![0]));
+        assert!(!p.is_blocked());
+        p.launch_batch();
+        // ...and every key waits for a running flush.
+        assert_eq!(p.conflict(&probe(&log, 3, "zzz", false)), Some(1));
+        assert_eq!(p.conflict(&scan), Some(1));
+        assert_eq!(p.next_finished().await, Some(vec![1]));
+    }
+}
