@@ -13,7 +13,7 @@ use crate::protocol::{
 };
 use crate::{KvsError, Result};
 
-const CHUNK: usize = 8 * 1024;
+use crate::net::buffer::{CHUNK, make_room};
 /// How long the first reply on a connection may take before a second
 /// connection asks the server what protocol it speaks (a Redis server
 /// answers a kvs frame with silence). Far above a kvs server's reply time,
@@ -184,9 +184,7 @@ impl KvsClient {
                 self.pending -= 1;
                 return decode_message(&frame);
             }
-            if self.rbuf.capacity() - self.rbuf.len() < CHUNK / 2 {
-                self.rbuf.reserve(CHUNK);
-            }
+            make_room(&mut self.rbuf);
             let read = if !probed && self.rbuf.is_empty() && self.wbuf.is_empty() {
                 // The first reply: if it is slow, ask what the peer speaks.
                 tokio::select! {

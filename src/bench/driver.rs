@@ -20,6 +20,7 @@
 //! per-request allocation: requests are encoded straight into the write
 //! buffer and replies recognised in place in the read buffer.
 
+use crate::net::buffer::{CHUNK, make_room};
 use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::sync::Arc;
@@ -35,8 +36,6 @@ use super::wire::{Outcome, Wire};
 use super::workload::{KEY_LEN, Kind, Op, Source, Workload, format_key};
 use crate::{KvsError, Result};
 
-/// Initial size of both buffers, and the free space kept for a read.
-const CHUNK: usize = 16 * 1024;
 /// Open loop: how early a request may go out. Tokio's timer fires on
 /// millisecond ticks, rounding up; waking this much before the due time
 /// halves the harness's own lateness, which would otherwise be counted
@@ -273,9 +272,7 @@ impl Conn {
 
     /// Reads what has arrived and accounts for every whole reply in it.
     fn read_replies<W: Wire>(&mut self, live: &Live, on_miss: OnMiss) -> Result<()> {
-        if self.rbuf.capacity() - self.rbuf.len() < CHUNK / 2 {
-            self.rbuf.reserve(CHUNK);
-        }
+        make_room(&mut self.rbuf);
         let read = match self.stream.try_read_buf(&mut self.rbuf) {
             Ok(0) => {
                 return Err(KvsError::Closed(
@@ -386,6 +383,7 @@ pub async fn preload<W: Wire>(
                 }
             }
             rbuf.advance(consumed);
+            make_room(&mut rbuf);
             if left > 0 && stream.read_buf(&mut rbuf).await? == 0 {
                 return Err(KvsError::Closed(
                     "the server closed the connection during preload".to_owned(),

@@ -18,8 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{KvsError, Result};
 
-/// Growth step, and the size a buffer starts at.
-pub(crate) const CHUNK: usize = 8 * 1024;
+pub(crate) use crate::net::buffer::CHUNK;
 
 /// Bytes a connection buffers without taking budget.
 pub(crate) const FREE_BYTES: usize = 64 * 1024;
@@ -53,8 +52,7 @@ impl InBuf {
     /// when less than half a chunk is free. Returns the bytes read; 0 at end
     /// of stream.
     pub(crate) async fn read_from<R: AsyncReadExt + Unpin>(&mut self, rd: &mut R) -> Result<usize> {
-        if self.buf.capacity() - self.buf.len() < CHUNK / 2 {
-            let target = (self.buf.capacity() * 2).max(self.buf.len() + CHUNK);
+        if let Some(target) = crate::net::buffer::next_capacity(&self.buf) {
             self.reserve_budget(target).await?;
             self.buf.reserve(target - self.buf.len());
         }
