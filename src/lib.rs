@@ -6,11 +6,13 @@
 //! - [`thread_pool`]: the pools that run blocking engine calls, and the async
 //!   bridge the server uses to await them.
 //! - [`server`], [`KvsClient`], [`protocol`]: the network service.
-//! - [`bench`]: the load generator behind `kvs-bench`.
+//! - `bench`: the load generator behind `kvs-bench` (feature `bench`, on by
+//!   default).
 //! - [`net`]: host names resolved without NSS, and naming a peer that does
 //!   not speak kvs.
 #![warn(missing_docs)]
 
+#[cfg(feature = "bench")]
 pub mod bench;
 mod client;
 pub mod command;
