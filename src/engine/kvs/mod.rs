@@ -54,7 +54,7 @@ pub(crate) struct Core {
     /// A compaction request is queued or running.
     compaction_pending: AtomicBool,
     /// When (Unix ms) an automatic compaction last failed: the next waits
-    /// [`COMPACTION_RETRY_MS`], so a persistent failure (a corrupt input,
+    /// [`background::COMPACTION_RETRY_MS`], so a persistent failure (a corrupt input,
     /// a full disk) does not start one per write, each sealing a segment.
     compaction_failed_at: AtomicU64,
     /// Requests to the compaction thread; `None` once closing.
