@@ -38,8 +38,9 @@ pub enum Update {
 }
 
 /// Counters and sizes an engine reports; fields an engine does not keep
-/// stay zero.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// stay zero. Part of the native `Stats` response: fields are only ever
+/// appended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct EngineStats {
     /// Keys held (expired keys not yet reclaimed included, as Redis's

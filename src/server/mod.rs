@@ -32,7 +32,7 @@ use tracing::{error, info, warn};
 pub use config::{MAX_FRAME_LEN, MAX_TIMEOUT, MIN_FRAME_LEN, Password, ServerConfig};
 pub use engine::{ENGINE_RECORD, EngineKind, check_and_record_engine};
 pub use launch::{Settings, serve};
-pub use stats::{Counter, EngineSnapshot, ServerStats, StatsSnapshot, rss_bytes};
+pub use stats::{Counter, ServerStats, StatsSnapshot, rss_bytes};
 
 use crate::command::ServerContext;
 use crate::thread_pool::SharedQueueThreadPool;

@@ -11,7 +11,6 @@ use super::job::{Job, JobContext};
 use crate::protocol::{
     ErrorKind, FrameCodec, PROTOCOL_VERSION, Request, Response, decode_message, encode_frame,
 };
-use crate::server::EngineSnapshot;
 use crate::{KvsEngine, KvsError};
 
 /// Largest frame a connection may send before it has authenticated, and
@@ -180,7 +179,7 @@ impl Job for NativeJob {
             Request::GetMany { keys } => get_many(engine, keys, ctx),
             Request::Stats => {
                 let mut snapshot = ctx.stats.snapshot();
-                snapshot.engine = EngineSnapshot::from(engine.stats());
+                snapshot.engine = engine.stats();
                 Ok(Response::Stats(snapshot))
             }
             // Answered on the connection; never sent to the pool.

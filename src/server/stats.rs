@@ -139,43 +139,7 @@ impl ServerStats {
             bytes_out: sum(|s| &s.bytes_out),
             protocol_errors: sum(|s| &s.protocol_errors),
             rss_bytes: rss_bytes(),
-            engine: EngineSnapshot::default(),
-        }
-    }
-}
-
-/// The engine's figures as they travel in a [`StatsSnapshot`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EngineSnapshot {
-    /// See [`EngineStats::keys`].
-    pub keys: u64,
-    /// See [`EngineStats::used_memory`].
-    pub used_memory: u64,
-    /// See [`EngineStats::max_memory`].
-    pub max_memory: u64,
-    /// See [`EngineStats::live_bytes`].
-    pub live_bytes: u64,
-    /// See [`EngineStats::disk_bytes`].
-    pub disk_bytes: u64,
-    /// See [`EngineStats::expired`].
-    pub expired: u64,
-    /// See [`EngineStats::evicted`].
-    pub evicted: u64,
-    /// See [`EngineStats::compaction_failures`].
-    pub compaction_failures: u64,
-}
-
-impl From<EngineStats> for EngineSnapshot {
-    fn from(s: EngineStats) -> EngineSnapshot {
-        EngineSnapshot {
-            keys: s.keys,
-            used_memory: s.used_memory,
-            max_memory: s.max_memory,
-            live_bytes: s.live_bytes,
-            disk_bytes: s.disk_bytes,
-            expired: s.expired,
-            evicted: s.evicted,
-            compaction_failures: s.compaction_failures,
+            engine: EngineStats::default(),
         }
     }
 }
@@ -207,7 +171,7 @@ pub struct StatsSnapshot {
     /// Resident set size of the process, from `/proc/self/statm`.
     pub rss_bytes: u64,
     /// The engine's figures.
-    pub engine: EngineSnapshot,
+    pub engine: EngineStats,
 }
 
 /// Resident set size of this process in bytes; 0 where `/proc` is absent.
