@@ -53,3 +53,84 @@ impl Sieve {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::NO_EXPIRY;
+    use crate::engine::memory::item::Body;
+
+    /// SIEVE as the paper writes it: one list, oldest first, and a hand
+    /// index; visited items stay in place.
+    #[derive(Default)]
+    struct Reference {
+        list: Vec<(usize, bool)>,
+        hand: usize,
+    }
+
+    impl Reference {
+        fn evict(&mut self) -> Option<usize> {
+            if self.list.is_empty() {
+                return None;
+            }
+            loop {
+                if self.hand >= self.list.len() {
+                    self.hand = 0;
+                }
+                if self.list[self.hand].1 {
+                    self.list[self.hand].1 = false;
+                    self.hand += 1;
+                } else {
+                    return Some(self.list.remove(self.hand).0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn two_fifos_evict_exactly_what_sieve_evicts() {
+        for seed in 0..20u64 {
+            let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let mut next = || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng
+            };
+            let mut sieve = Sieve::default();
+            let mut reference = Reference::default();
+            let mut items: Vec<Arc<Item>> = Vec::new();
+            for _ in 0..2_000 {
+                match next() % 3 {
+                    0 => {
+                        let id = items.len();
+                        let body = Body {
+                            value: "".into(),
+                            expires_at: NO_EXPIRY,
+                        };
+                        let item = Item::new(id.to_string(), body);
+                        sieve.insert(&item, usize::MAX / 4);
+                        reference.list.push((id, false));
+                        items.push(item);
+                    }
+                    1 if !reference.list.is_empty() => {
+                        let (id, _) = reference.list[next() as usize % reference.list.len()];
+                        items[id].meta.store(1, Ordering::Relaxed);
+                        if let Some(e) = reference.list.iter_mut().find(|e| e.0 == id) {
+                            e.1 = true;
+                        }
+                    }
+                    _ => {
+                        let got = sieve
+                            .victim()
+                            .map(|item| item.key().parse::<usize>().unwrap());
+                        if let Some(id) = got {
+                            items[id].removed.store(true, Ordering::Relaxed);
+                        }
+                        assert_eq!(got, reference.evict(), "seed {seed}");
+                    }
+                }
+            }
+        }
+    }
+}
