@@ -119,7 +119,7 @@ const STRINGS: &str = r#"
     SET k v NX NX
     SET k v EX 100
     TTL k
-    ≈2 PTTL k
+    ≈1000 PTTL k
     SET k v KEEPTTL
     TTL k
     SET k v
@@ -251,7 +251,7 @@ const KEYS: &str = r#"
     DBSIZE
     EXPIRE a 100
     TTL a
-    ≈2 PTTL a
+    ≈1000 PTTL a
     TTL b
     PTTL b
     TTL missing

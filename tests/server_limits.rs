@@ -285,3 +285,40 @@ fn frame(request: &Request<&str>) -> BytesMut {
     encode_frame(request, 1 << 20, &mut b).unwrap();
     b
 }
+
+/// Protocol errors in either protocol are counted (and logged with the
+/// peer's address at debug level).
+#[tokio::test]
+async fn protocol_errors_are_counted() {
+    let server = TestServer::start(MemoryEngine::new(), ServerConfig::default()).await;
+    // A native frame with the right version and an undecodable body: the
+    // connection stays open.
+    let mut native = TcpStream::connect(server.addr).await.unwrap();
+    native
+        .write_all(&server_support::raw_frame(&[PROTOCOL_VERSION, 0xff, 0xff]))
+        .await
+        .unwrap();
+    let response = read_response(&mut native).await;
+    assert!(
+        matches!(
+            response,
+            Some(Response::Error {
+                kind: ErrorKind::Protocol,
+                ..
+            })
+        ),
+        "{response:?}"
+    );
+    // A RESP request with a negative bulk length: answered, then closed.
+    let mut resp = TcpStream::connect(server.addr).await.unwrap();
+    resp.write_all(b"*1\r\n$-5\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), resp.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with(b"-ERR Protocol error"), "{answer:?}");
+    let mut c = server.client().await;
+    assert_eq!(c.stats().await.unwrap().protocol_errors, 2);
+    server.stop().await;
+}

@@ -145,10 +145,10 @@ pub(crate) async fn serve<E: KvsEngine>(
     }
     let result = if is_resp(first[0]) {
         let resp = Resp::new(&shared.config, Arc::clone(&shared.commands));
-        drive(&mut stream, &shared, engine, &token, resp, ctx).await
+        drive(&mut stream, peer, &shared, engine, &token, resp, ctx).await
     } else {
         let native = Native::new(&shared.config);
-        drive(&mut stream, &shared, engine, &token, native, ctx).await
+        drive(&mut stream, peer, &shared, engine, &token, native, ctx).await
     };
     match result {
         Ok(end) => {
@@ -194,6 +194,7 @@ pub(crate) async fn linger(stream: &mut TcpStream) {
 /// socket errors.
 async fn drive<E: KvsEngine, P: Protocol>(
     stream: &mut TcpStream,
+    peer: SocketAddr,
     shared: &Shared,
     template: E,
     token: &CancellationToken,
@@ -238,6 +239,7 @@ async fn drive<E: KvsEngine, P: Protocol>(
                     end = End { why, drain };
                     if drain {
                         counter.protocol_error();
+                        debug!(%peer, "protocol error: {why}");
                     }
                     inbuf.discard();
                 }

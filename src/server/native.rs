@@ -101,6 +101,7 @@ impl Protocol for Native {
                     Ok(request) => self.route(request, ctx),
                     Err(e) => {
                         ctx.stats.counter(ctx.connection).protocol_error();
+                        tracing::debug!(connection = ctx.connection, "bad request: {e}");
                         Decoded::Answer(Response::from_error(&e))
                     }
                 }

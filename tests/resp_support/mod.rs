@@ -39,7 +39,11 @@ impl RedisServer {
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("{test}: redis-server is not installed (CI installs redis-server)");
             }
-            println!("SKIPPED: {test}: redis-server is not installed");
+            // Straight to stderr: cargo test shows it without --nocapture.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: {test}: redis-server is not installed"
+            );
             return None;
         }
         let port = free_port();
