@@ -420,3 +420,6 @@ fn cut_tail(p: &Path, offset: u64, reason: &str, len: u64, end: u64) -> Result<u
     };
     Ok(cut().map_err(segment::io_at("cut the torn tail of", p))?)
 }
+
+#[cfg(test)]
+mod merge_tests;
