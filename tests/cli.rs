@@ -581,3 +581,68 @@ fn connection_cap_follows_the_open_file_limit() {
     );
     assert!(served <= 128 - 64, "served {served}");
 }
+
+/// Resident memory of process `pid`, from /proc.
+fn rss_of(pid: u32) -> u64 {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// 40 connections each send 12 MiB of a 16 MiB frame and stall: the
+/// server's RSS stays under its input budget (256 MiB) plus its baseline
+/// while they hold it, and comes back down once they leave (large buffers
+/// are returned to the OS, not kept by the allocator).
+#[test]
+fn partial_frames_memory_is_bounded_and_returned() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--engine", "memory"]);
+    let pid = server.child.id();
+    assert_eq!(server.client(&["ping"]).status.code(), Some(0));
+    let baseline = rss_of(pid);
+    let body = vec![7u8; 12 << 20];
+    let (tx, rx) = mpsc::channel();
+    let mut senders = Vec::new();
+    for _ in 0..40 {
+        let addr = server.addr;
+        let body = body.clone();
+        let tx = tx.clone();
+        senders.push(thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+            let _ = s.write_all(&[1, 0, 0, 0, 1]); // 16 MiB declared, version 1
+            let _ = s.write_all(&body); // stalls once the server stops reading
+            let _ = tx.send(());
+            thread::sleep(Duration::from_secs(2));
+            drop(s);
+        }));
+    }
+    for _ in 0..40 {
+        rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    }
+    let held = rss_of(pid);
+    for s in senders {
+        s.join().unwrap();
+    }
+    // The server notices the closed connections and frees their buffers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut after = rss_of(pid);
+    while after > baseline + (48 << 20) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+        after = rss_of(pid);
+    }
+    println!(
+        "RSS: baseline {} MiB, holding 40 x 12 MiB partial frames {} MiB, after {} MiB",
+        baseline >> 20,
+        held >> 20,
+        after >> 20
+    );
+    assert!(
+        held < baseline + (256 << 20) + (40 << 16) + (32 << 20),
+        "held {} MiB",
+        held >> 20
+    );
+    assert!(after < baseline + (48 << 20), "after {} MiB", after >> 20);
+    assert_eq!(server.client(&["ping"]).status.code(), Some(0));
+}
