@@ -143,7 +143,7 @@ pub(crate) async fn serve<E: KvsEngine>(
         shared.stats.connection_closed();
         return;
     }
-    let result = if is_resp(first[0]) {
+    let result = if is_resp(first[0], shared.config.max_frame_len) {
         let resp = Resp::new(&shared.config, Arc::clone(&shared.commands));
         drive(&mut stream, peer, &shared, engine, &token, resp, ctx).await
     } else {
@@ -163,11 +163,16 @@ pub(crate) async fn serve<E: KvsEngine>(
 }
 
 /// Whether a connection whose first byte is `first` speaks RESP: a
-/// multibulk request starts with `*`, an inline command with a letter. A
-/// native frame starts with the high byte of its big-endian length, at
-/// most 0x10 under [`MAX_FRAME_LEN`](super::MAX_FRAME_LEN).
-pub(crate) fn is_resp(first: u8) -> bool {
-    first == b'*' || first.is_ascii_alphabetic()
+/// multibulk request starts with `*`, an inline command with a letter, or
+/// with the blanks Redis skips before one (`telnet` users press Enter
+/// first). A native frame starts with the high byte of its big-endian
+/// length, at most `max_frame_len >> 24` (0x01 by default, 0x10 under
+/// [`MAX_FRAME_LEN`](super::MAX_FRAME_LEN)), so a blank above that byte
+/// cannot begin one.
+pub(crate) fn is_resp(first: u8, max_frame_len: usize) -> bool {
+    first == b'*'
+        || first.is_ascii_alphabetic()
+        || (first.is_ascii_whitespace() && usize::from(first) > max_frame_len >> 24)
 }
 
 /// Shuts the write side and reads and discards input (bounded in bytes

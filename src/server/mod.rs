@@ -134,7 +134,8 @@ pub async fn run_with_stats<E: KvsEngine>(
                     // The refusal itself is bounded: past `max_rejecting`
                     // refusals in progress, close at once.
                     if let Ok(permit) = rejecting.clone().try_acquire_owned() {
-                        tracker.spawn(reject(stream, peer, permit));
+                        let max_frame_len = shared.config.max_frame_len;
+                        tracker.spawn(reject(stream, peer, max_frame_len, permit));
                     }
                 }
             }

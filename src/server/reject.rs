@@ -18,7 +18,12 @@ use crate::protocol::{DEFAULT_MAX_FRAME_LEN, ErrorKind, Response, encode_frame};
 /// The protocol is told by the first byte, as for a served connection, if
 /// it arrives within a short wait; a client that sends nothing first
 /// (it waits for a greeting) gets the native error frame.
-pub(crate) async fn reject(mut stream: TcpStream, peer: SocketAddr, _permit: OwnedSemaphorePermit) {
+pub(crate) async fn reject(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    max_frame_len: usize,
+    _permit: OwnedSemaphorePermit,
+) {
     debug!(%peer, "connection refused: too many connections");
     let mut first = [0u8; 1];
     let peeked = tokio::time::timeout(
@@ -26,7 +31,7 @@ pub(crate) async fn reject(mut stream: TcpStream, peer: SocketAddr, _permit: Own
         stream.peek(&mut first),
     )
     .await;
-    let resp = matches!(peeked, Ok(Ok(1)) if super::connection::is_resp(first[0]));
+    let resp = matches!(peeked, Ok(Ok(1)) if super::connection::is_resp(first[0], max_frame_len));
     let mut out = BytesMut::new();
     if resp {
         out.extend_from_slice(b"-ERR max number of clients reached\r\n");

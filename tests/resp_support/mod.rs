@@ -8,6 +8,7 @@
 //! `CI=true`, where the absence is a failure (CI installs it).
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod scripts;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -189,7 +190,8 @@ impl RawConn {
     }
 
     /// Everything the peer sends until it closes (`None` if it is still
-    /// open after the read timeout).
+    /// open after the read timeout). A reset counts as a close: a peer
+    /// that closes with request bytes still unread resets the connection.
     pub fn read_to_close(&mut self) -> Option<Vec<u8>> {
         let mut out = std::mem::take(&mut self.buf);
         let mut chunk = [0u8; 16 << 10];
@@ -197,9 +199,22 @@ impl RawConn {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Some(out),
                 Ok(n) => out.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(out),
                 Err(_) => return None,
             }
         }
+    }
+
+    /// Half-closes: the peer reads EOF after what was sent.
+    pub fn shutdown_write(&mut self) {
+        self.stream
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown");
+    }
+
+    /// Another handle to the socket (a writer thread's).
+    pub fn try_clone_stream(&self) -> TcpStream {
+        self.stream.try_clone().expect("clone socket")
     }
 
     /// Changes the read timeout (e.g. short, to show a peer stays open).
