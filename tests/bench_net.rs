@@ -224,3 +224,28 @@ async fn the_server_listens_on_a_host_name() {
         .expect("kvs-server --addr localhost:PORT did not come up")
         .unwrap();
 }
+
+/// kvs-bench authenticates every connection when given a password, in
+/// both protocols; a wrong password fails the run with the server's word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_authenticates_in_both_protocols() {
+    let mut config = ServerConfig::default();
+    config.password = Some(kvs::server::Password::new("pw".to_owned()).unwrap());
+    let server = TestServer::start(MemoryEngine::new(), config).await;
+    for protocol in [Protocol::Kvs, Protocol::Resp] {
+        let mut opts = BenchOptions {
+            addr: server.addr.to_string(),
+            protocol,
+            connections: 4,
+            stop: Stop::Requests(200),
+            password: Some("pw".to_owned()),
+            ..BenchOptions::default()
+        };
+        let report = bench::run(&opts).await.unwrap();
+        assert_eq!((report.ops, report.errors), (200, 0), "{protocol:?}");
+        opts.password = Some("wrong".to_owned());
+        let err = bench::run(&opts).await.unwrap_err().to_string();
+        assert!(err.to_lowercase().contains("pass"), "{protocol:?}: {err}");
+    }
+    server.stop().await;
+}

@@ -87,7 +87,11 @@ async fn run_with<W: Wire>(options: &BenchOptions, workload: Arc<Workload>) -> R
     preflight(options).await?;
     let mut streams = Vec::with_capacity(options.connections);
     for _ in 0..options.connections {
-        streams.push(crate::net::connect(&options.addr).await?);
+        let mut stream = crate::net::connect(&options.addr).await?;
+        if let Some(password) = &options.password {
+            authenticate(&mut stream, options.protocol, password).await?;
+        }
+        streams.push(stream);
     }
 
     let preload = if options.preload {
@@ -145,6 +149,71 @@ async fn run_with<W: Wire>(options: &BenchOptions, workload: Arc<Workload>) -> R
         end.saturating_duration_since(measure_from)
     });
     Ok(Report::new(options, &total, elapsed, preload))
+}
+
+/// Sends the password on a fresh connection and waits for it to be
+/// accepted: native `Auth`, RESP `AUTH`.
+async fn authenticate(stream: &mut TcpStream, protocol: Protocol, password: &str) -> Result<()> {
+    let mut out = bytes::BytesMut::new();
+    match protocol {
+        Protocol::Kvs => {
+            let request = crate::protocol::Request::Auth { password };
+            crate::protocol::encode_frame(
+                &request,
+                crate::protocol::DEFAULT_MAX_FRAME_LEN,
+                &mut out,
+            )?;
+        }
+        Protocol::Resp => {
+            out.extend_from_slice(
+                format!("*2\r\n$4\r\nAUTH\r\n${}\r\n", password.len()).as_bytes(),
+            );
+            out.extend_from_slice(password.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    tokio::time::timeout(PREFLIGHT_WAIT, async {
+        stream.write_all(&out).await?;
+        let mut buf = bytes::BytesMut::with_capacity(256);
+        loop {
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Err(KvsError::Closed(
+                    "the server closed the connection during AUTH".to_owned(),
+                ));
+            }
+            match protocol {
+                Protocol::Kvs => {
+                    let mut codec =
+                        crate::protocol::FrameCodec::new(crate::protocol::DEFAULT_MAX_FRAME_LEN);
+                    let mut view = buf.clone();
+                    if let Some(frame) = tokio_util::codec::Decoder::decode(&mut codec, &mut view)?
+                    {
+                        return crate::protocol::decode_message::<crate::protocol::Response>(
+                            &frame,
+                        )?
+                        .into_result()
+                        .map(drop);
+                    }
+                }
+                Protocol::Resp => {
+                    if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                        let line = String::from_utf8_lossy(&buf[..end]).trim_end().to_owned();
+                        return match line.as_str() {
+                            "+OK" => Ok(()),
+                            _ => Err(KvsError::Auth(line.trim_start_matches('-').to_owned())),
+                        };
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .map_err(|_| {
+        KvsError::Closed(format!(
+            "no answer to AUTH within {}s",
+            PREFLIGHT_WAIT.as_secs()
+        ))
+    })?
 }
 
 /// One ping in the chosen protocol before the load starts, so a server

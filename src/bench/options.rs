@@ -249,6 +249,8 @@ pub struct BenchOptions {
     pub on_miss: OnMiss,
     /// Periodic one-time scans mixed into the load.
     pub scan: Option<Scan>,
+    /// Password every connection authenticates with before the load.
+    pub password: Option<String>,
 }
 
 impl Default for BenchOptions {
@@ -271,6 +273,7 @@ impl Default for BenchOptions {
             progress: false,
             on_miss: OnMiss::Nothing,
             scan: None,
+            password: None,
         }
     }
 }

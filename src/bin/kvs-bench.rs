@@ -81,6 +81,10 @@ struct Cli {
     /// resistance of a cache). Not counted in the hit ratio.
     #[arg(long)]
     scan: Option<Scan>,
+    /// Authenticate every connection with this password first (servers
+    /// started with --requirepass; redis-benchmark's -a).
+    #[arg(short = 'a', long, env = "KVS_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
     /// Write every key once before the run (so GETs hit).
     #[arg(long)]
     preload: bool,
@@ -145,6 +149,8 @@ fn main() -> ExitCode {
         progress: std::io::stderr().is_terminal(),
         on_miss: cli.on_miss,
         scan: cli.scan,
+        // Empty means none (an unset compose variable).
+        password: cli.password.filter(|p| !p.is_empty()),
     };
 
     let report = match kvs::bench::run_blocking(&options) {

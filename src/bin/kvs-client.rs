@@ -81,15 +81,22 @@ fn main() -> ExitCode {
     };
     let timeout = Duration::from_secs(cli.timeout);
     let outcome = runtime.block_on(async {
-        tokio::time::timeout(timeout, execute(&cli.addr, cli.password, cli.command))
-            .await
-            .unwrap_or_else(|_| {
-                Err(KvsError::Closed(format!(
-                    "no answer from {} within {}s",
-                    cli.addr,
-                    timeout.as_secs()
-                )))
-            })
+        tokio::time::timeout(
+            timeout,
+            execute(
+                &cli.addr,
+                cli.password.filter(|p| !p.is_empty()),
+                cli.command,
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(KvsError::Closed(format!(
+                "no answer from {} within {}s",
+                cli.addr,
+                timeout.as_secs()
+            )))
+        })
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

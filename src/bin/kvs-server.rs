@@ -59,7 +59,7 @@ struct Cli {
     requirepass: Option<String>,
     /// Read the password from this file (a Docker secret); trailing
     /// newlines are ignored.
-    #[arg(long, env = "KVS_REQUIREPASS_FILE", conflicts_with = "requirepass")]
+    #[arg(long, env = "KVS_REQUIREPASS_FILE")]
     requirepass_file: Option<PathBuf>,
     /// Log filter: error, warn, info, debug, trace, or a tracing directive.
     #[arg(long, env = "KVS_LOG_LEVEL", default_value = "info")]
@@ -144,8 +144,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     config.idle_timeout = Duration::from_secs(cli.idle_timeout);
     let password = match (cli.requirepass, cli.requirepass_file) {
-        (Some(p), _) => Some(p),
-        (None, Some(path)) => Some(
+        // An empty password means none, as Redis's `requirepass ""` (and
+        // an unset compose variable); a non-empty one wins over the file.
+        (Some(p), _) if !p.is_empty() => Some(p),
+        (_, Some(path)) => Some(
             std::fs::read_to_string(&path)
                 .map_err(|e| {
                     anyhow::anyhow!("cannot read --requirepass-file {}: {e}", path.display())
@@ -153,7 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .trim_end_matches(['\n', '\r'])
                 .to_owned(),
         ),
-        (None, None) => None,
+        (_, None) => None,
     };
     config.password = match password {
         Some(p) => {
