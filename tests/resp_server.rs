@@ -282,6 +282,11 @@ fn authentication_matches_redis_over_tcp() {
             let mut ours = kvs.connect();
             scripts::compare(|r| ours.call(r), &mut redis.connect(), script);
         }
+        // HELLO 2 AUTH answers the same map as Redis: the same fields in
+        // the same order (their values name the server).
+        let hello = cmd("HELLO 2 AUTH default sekret");
+        let (ours, theirs) = (kvs.connect().call(&hello), redis.connect().call(&hello));
+        assert_eq!(map_keys(&ours), map_keys(&theirs), "{}", show(&ours));
         // QUIT before authenticating: +OK, then the close.
         let quit = multibulk(&[b"QUIT"]);
         assert_eq!(
@@ -289,6 +294,24 @@ fn authentication_matches_redis_over_tcp() {
             show(&exchange_to_close(redis.addr, &quit))
         );
     }
+}
+
+/// The keys of a RESP2 map reply (an array of alternating keys and
+/// values), as text.
+fn map_keys(reply: &[u8]) -> Vec<String> {
+    assert_eq!(reply[0], b'*', "not an array: {}", show(reply));
+    let mut at = reply.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+    let mut keys = Vec::new();
+    let mut index = 0;
+    while at < reply.len() {
+        let len = reply_len(&reply[at..]).unwrap();
+        if index % 2 == 0 {
+            keys.push(String::from_utf8_lossy(&reply[at..at + len]).into_owned());
+        }
+        at += len;
+        index += 1;
+    }
+    keys
 }
 
 #[test]

@@ -391,3 +391,38 @@ fn scan_iterators_return_every_key_once() {
         server.stop();
     }
 }
+
+#[test]
+fn the_redis_crate_authenticates_with_a_password_in_its_url() {
+    let server = KvsServer::with_password(ENGINES[0], "sekret");
+    let addr = server.addr;
+    server.block_on(async move {
+        for url in [
+            format!("redis://:sekret@{addr}/"),
+            format!("redis://default:sekret@{addr}/"),
+        ] {
+            let client = redis::Client::open(url.as_str()).unwrap();
+            let mut con = client.get_multiplexed_async_connection().await.unwrap();
+            con.set("k", "v").await.unwrap();
+            assert_eq!(con.get("k").await.unwrap().as_deref(), Some("v"));
+        }
+        // Without the password every command but AUTH/HELLO/PING/QUIT
+        // answers NOAUTH.
+        let mut con = connect(addr).await;
+        let err = con.get("k").await.unwrap_err();
+        assert_eq!(err.code(), Some("NOAUTH"), "{err}");
+        // A wrong one fails the connection as it does against Redis.
+        for url in [
+            format!("redis://:wrong@{addr}/"),
+            format!("redis://bob:sekret@{addr}/"),
+        ] {
+            let client = redis::Client::open(url.as_str()).unwrap();
+            let err = client.get_multiplexed_async_connection().await.unwrap_err();
+            assert_eq!(
+                err.kind(),
+                redis::ErrorKind::AuthenticationFailed,
+                "{url}: {err}"
+            );
+        }
+    });
+}
