@@ -25,6 +25,17 @@ impl KvStore {
             .map_err(|_| KvsError::Closed("compaction thread stopped".into()))?
     }
 
+    /// Writes the hint files missing for sealed segments on the background
+    /// thread now and waits (it also does so once a second by itself).
+    pub fn write_hints(&self) -> Result<()> {
+        let (tx, rx) = mpsc::channel();
+        if !self.core().request(Job::Hints(Some(tx))) {
+            return Err(KvsError::Closed("store is closing".into()));
+        }
+        rx.recv()
+            .map_err(|_| KvsError::Closed("background thread stopped".into()))?
+    }
+
     /// Current sizes.
     pub fn sizes(&self) -> Stats {
         let core = self.core();

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::Core;
 use super::compaction;
+use super::hint;
 use super::index::{self, now_ms};
 use super::segment::SegmentId;
 use super::writer::Writer;
@@ -26,6 +27,8 @@ pub(super) enum Job {
     /// Delete every segment below this id, once everything written is
     /// durable: they precede a durable `Clear` record (see `clear`).
     Retire(SegmentId, Reply),
+    /// Write the hint files missing for sealed segments.
+    Hints(Reply),
 }
 
 /// Index entries the expiry sweep looks at per tick of the compaction
@@ -109,12 +112,18 @@ impl Core {
 /// request order, and sweeps expired keys once a second.
 pub(super) fn compactor(core: Arc<Core>, rx: Receiver<Job>) {
     let mut cursor = None;
+    // Segments a hint was attempted for (written, or the scan found them
+    // unusable): not scanned again every second.
+    let mut tried = std::collections::HashSet::new();
     loop {
         let job = match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(job) => job,
             Err(RecvTimeoutError::Timeout) => {
                 let c = cursor.take();
                 cursor = catch("expiry sweep", &core, || Ok(core.sweep_expired(c))).unwrap_or(None);
+                if let Err(e) = catch("writing hints", &core, || write_hints(&core, &mut tried)) {
+                    tracing::warn!(error = %e, dir = %core.dir.display(), "writing hint files failed");
+                }
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => return,
@@ -127,6 +136,13 @@ pub(super) fn compactor(core: Arc<Core>, rx: Receiver<Job>) {
                     // asks again.
                     core.compaction_pending.store(false, Ordering::Release);
                 }
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            }
+            Job::Hints(reply) => {
+                tried.clear();
+                let r = catch("writing hints", &core, || write_hints(&core, &mut tried));
                 if let Some(reply) = reply {
                     let _ = reply.send(r);
                 }
@@ -201,4 +217,13 @@ pub(super) fn syncer(core: Arc<Core>, stop: Receiver<()>) {
             _ => return,
         }
     }
+}
+
+/// Writes the hint of every sealed segment that has none (see
+/// `hint::write_missing`); off the request path, on the compaction thread,
+/// so no compaction deletes a segment meanwhile.
+fn write_hints(core: &Core, tried: &mut std::collections::HashSet<SegmentId>) -> Result<()> {
+    let below = core.lock_writer().active;
+    hint::write_missing(&core.dir, below, tried)?;
+    Ok(())
 }

@@ -6,6 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::sync::atomic::Ordering;
 
+use super::hint;
 use super::index::{self, Loc, now_ms};
 use super::record::{self, SEGMENT_HEADER_LEN};
 use super::segment::{self, SegmentId};
@@ -62,6 +63,20 @@ pub fn run(core: &Core) -> Result<()> {
     // point leaves the books matching the files.
     core.lock_writer().disk_bytes += copied.out_len;
     segment::sync_dir(&core.dir).map_err(segment::io_at("sync directory", &core.dir))?;
+    // Its hint, from the index order it was written in (sorted, one record
+    // per key, all puts). Best effort: without it the next open scans.
+    let latest = hint::Latest {
+        records: copied
+            .moved
+            .iter()
+            .filter_map(|(k, _, new)| new.map(|n| (k.clone(), n, record::Kind::Put)))
+            .collect(),
+        cleared: false,
+    };
+    if let Err(e) = hint::write(&core.dir, out, copied.out_len, copied.out_crc, &latest) {
+        tracing::warn!(error = %e, segment = out, "cannot write the hint of a compaction output");
+    }
+    drop(latest);
     fail_if(core, FailPoint::BeforePublish)?;
 
     // Step 4: publish, in chunks, only entries nobody changed meanwhile.
@@ -120,6 +135,9 @@ fn delete_oldest_first(
         }
         let p = segment::path(&core.dir, id);
         let size = fs::metadata(&p).map_err(segment::io_at("stat", &p))?.len();
+        // The hint first: a hint without its segment is never read (a
+        // later segment with that id would not match its length and CRC).
+        hint::remove(&core.dir, id).map_err(segment::io_at("delete hint of", &p))?;
         fs::remove_file(&p).map_err(segment::io_at("delete", &p))?;
         // NOTE: one directory sync per unlink: recovery relies on the
         // segments left after a crash being the newest ones, which needs the
@@ -158,6 +176,8 @@ struct Copied {
     /// (key, position before, position after or `None` for an expired key).
     moved: Vec<(String, Loc, Option<Loc>)>,
     out_len: u64,
+    /// CRC-32 of the whole output, seal included (for its hint).
+    out_crc: u32,
 }
 
 fn copy_live(core: &Core, out: SegmentId, tmp: &std::path::Path) -> Result<Copied> {
@@ -223,8 +243,9 @@ fn copy_live(core: &Core, out: SegmentId, tmp: &std::path::Path) -> Result<Copie
     // Sealed like every segment but the newest: recovery can tell the
     // output whole from one cut at a record boundary.
     buf.clear();
-    pos += record::encode_seal(&mut buf, pos, crc.finalize()) as u64;
+    pos += record::encode_seal(&mut buf, pos, crc.clone().finalize()) as u64;
     bw.write_all(&buf).map_err(segment::io_at("write", tmp))?;
+    crc.update(&buf);
     let file = bw
         .into_inner()
         .map_err(|e| segment::io_at("write", tmp)(e.into_error()))?;
@@ -232,5 +253,6 @@ fn copy_live(core: &Core, out: SegmentId, tmp: &std::path::Path) -> Result<Copie
     Ok(Copied {
         moved,
         out_len: pos,
+        out_crc: crc.finalize(),
     })
 }

@@ -10,6 +10,7 @@
 mod api;
 mod background;
 mod compaction;
+mod hint;
 mod index;
 mod lifecycle;
 mod options;

@@ -62,7 +62,12 @@ pub fn list_and_clean(dir: &Path) -> Result<Vec<SegmentId>> {
         let entry = entry.map_err(io_at("list directory", dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(stem) = name.strip_suffix(".log.tmp") {
+        if let Some(stem) = name.strip_suffix(".hint.tmp") {
+            // An unfinished hint: never read, and rewritten later.
+            if parse_id(stem).is_some() {
+                fs::remove_file(entry.path()).map_err(io_at("delete", &entry.path()))?;
+            }
+        } else if let Some(stem) = name.strip_suffix(".log.tmp") {
             if parse_id(stem).is_some() {
                 tracing::warn!(file = %entry.path().display(), "deleting unfinished compaction output");
                 fs::remove_file(entry.path()).map_err(io_at("delete", &entry.path()))?;
