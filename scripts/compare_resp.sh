@@ -189,7 +189,8 @@ start_single() { # start_single SETUP SERVER: sets SINGLE_PORT and SINGLE_PID
     wait_up "$port"
 }
 
-log "results in $RESULTS; load: $(cat /proc/loadavg)"
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+log "results in $RESULTS; load: $LOAD_START"
 for setup in $SETUPS; do
     declare -A PORT=() PIDS=() PROXY=()
     for server in kvs redis; do
@@ -224,7 +225,15 @@ for setup in $SETUPS; do
     unset PORT PIDS PROXY
 done
 
-python3 - "$CSV" >"$RESULTS/table.md" <<'EOF'
+{
+    echo "Measured $(date -u +%Y-%m-%d) at commit \`$(git rev-parse --short HEAD)\` on $(nproc) cores" \
+        "($(uname -r)), $(redis-server --version | cut -d' ' -f3), $(nutcracker -V 2>&1 | head -1 | sed 's/.*nutcracker-/nutcracker /');" \
+        "load average (1/5/15 min) $LOAD_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end;" \
+        "the load column is the 1-minute load when the kvs run started. Ratio = kvs/redis (req/s);" \
+        "CPU redis/kvs above 1 means kvs spends less CPU per request."
+    echo
+} >"$RESULTS/table.md"
+python3 - "$CSV" >>"$RESULTS/table.md" <<'EOF'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 by = {(r["setup"], r["pipeline"], r["test"], r["server"]): r for r in rows}
