@@ -227,7 +227,7 @@ done
 
 {
     echo "Measured $(date -u +%Y-%m-%d) at commit \`$(git rev-parse --short HEAD)\` on $(nproc) cores" \
-        "($(uname -r)), $(redis-server --version | cut -d' ' -f3), $(nutcracker -V 2>&1 | head -1 | sed 's/.*nutcracker-/nutcracker /');" \
+        "($(uname -r)), redis-server $(redis-server --version | cut -d' ' -f3 | sed 's/v=//'), $(nutcracker -V 2>&1 | head -1 | sed 's/.*nutcracker-/nutcracker /');" \
         "load average (1/5/15 min) $LOAD_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end;" \
         "the load column is the 1-minute load when the kvs run started. Ratio = kvs/redis (req/s);" \
         "CPU redis/kvs above 1 means kvs spends less CPU per request."
