@@ -253,6 +253,10 @@ async fn drive<E: KvsEngine, P: Protocol>(
             partial_since = None;
             last_activity = Instant::now();
         }
+        // A held request was accepted: it still runs once what it waits
+        // for has finished, also after shutdown (or a protocol error)
+        // stopped the loop above from asking.
+        let _ = pipeline.is_blocked();
         pipeline.launch_batch();
         if (!accepting || eof) && pipeline.is_empty() && wbuf.is_empty() {
             return Ok(end);
