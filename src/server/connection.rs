@@ -227,6 +227,11 @@ async fn drive<E: KvsEngine, P: Protocol>(
     let mut shutdown_by: Option<Instant> = None;
     let timer = tokio::time::sleep_until(now + cfg.idle_timeout);
     tokio::pin!(timer);
+    // Made once: a fresh `cancelled()` per loop turn would register with,
+    // and deregister from, the token's waiter list (a lock each) on every
+    // request.
+    let cancelled = token.cancelled();
+    tokio::pin!(cancelled);
 
     loop {
         while accepting
@@ -338,7 +343,7 @@ async fn drive<E: KvsEngine, P: Protocol>(
                     }
                 }
             }
-            () = token.cancelled(), if shutdown_by.is_none() => {
+            () = &mut cancelled, if shutdown_by.is_none() => {
                 // Stop taking requests; the ones in flight still finish and
                 // their responses still go out.
                 accepting = false;

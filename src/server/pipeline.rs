@@ -27,11 +27,6 @@ use crate::KvsEngine;
 use crate::command::Scope;
 use crate::thread_pool::{Blocking, SharedQueueThreadPool};
 
-/// Most requests one pool job executes, in order. Requests decoded from the
-/// same read are grouped so that a pipelining client pays one hand-off to
-/// the pool per group instead of per request.
-const JOB_BATCH: usize = 8;
-
 /// A place in the response order: answered on the spot (ping, protocol
 /// errors) or a group of requests running on the pool with an engine clone
 /// that comes back with the outputs.
@@ -82,7 +77,15 @@ pub(crate) struct Pipeline<E, J: Job> {
     /// read handles, so they are reused rather than made per request.
     stash: Vec<E>,
     /// Requests accepted but not yet sent to the pool; they go as one job.
+    ///
+    /// A batch holds whatever the connection decoded before it next waits
+    /// (up to its whole window): one hand-off to the pool per read, not per
+    /// request. One rule splits it: a read never joins a batch that holds a
+    /// write, so reads behind a slow write still run beside it rather than
+    /// after it on the same worker.
     batch: Vec<J>,
+    /// Whether `batch` holds a write.
+    batch_writes: bool,
     /// Requests in `in_flight`, counting each of a job's requests.
     running: usize,
     /// Sequence number of the next request to start, and how many
@@ -109,6 +112,7 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
             template,
             stash: Vec::new(),
             batch: Vec::new(),
+            batch_writes: false,
             running: 0,
             started: 0,
             done: 0,
@@ -137,6 +141,7 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
         match &self.held {
             Some((_, after)) if self.done > *after => {
                 if let Some((job, _)) = self.held.take() {
+                    self.batch_writes |= writes(&job);
                     self.batch.push(job);
                 }
                 false
@@ -167,10 +172,12 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
                 self.held = Some((job, after));
             }
             None => {
-                self.batch.push(job);
-                if self.batch.len() >= JOB_BATCH {
+                let writes = writes(&job);
+                if self.batch_writes && !writes {
                     self.launch_batch();
                 }
+                self.batch_writes |= writes;
+                self.batch.push(job);
             }
         }
     }
@@ -181,6 +188,7 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
             return;
         }
         let jobs = std::mem::take(&mut self.batch);
+        self.batch_writes = false;
         let count = jobs.len();
         let last = self.started + count as u64 - 1;
         self.started += count as u64;
@@ -259,6 +267,13 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
         });
         after
     }
+}
+
+/// Whether `job` may write.
+fn writes<J: Job>(job: &J) -> bool {
+    let mut writes = job.scope() == Scope::WritesAll;
+    job.for_each_key(&mut |_, w| writes |= w);
+    writes
 }
 
 /// The hash recorded for a whole-keyspace command: it conflicts with every

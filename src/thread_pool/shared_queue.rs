@@ -8,7 +8,7 @@
 //! workers drain the queue and then exit by themselves.
 
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 
@@ -97,45 +97,28 @@ impl ThreadPool for SharedQueueThreadPool {
     }
 }
 
-/// How many times an idle worker yields its core and looks at the queue
-/// again before it blocks. A worker blocked in `recv` costs every `spawn` a
-/// futex wake and the job a scheduler round trip (measured 25-50 us per job
-/// on a 2-core VM); one that is still looking takes the job without either.
-/// Yielding rather than spinning leaves the core to runnable threads (the
-/// async runtime that submits the jobs) while it waits.
-const IDLE_YIELDS: u32 = 200;
-
 /// Takes jobs until the queue is closed and empty.
+///
+/// NOTE: an idle worker blocks in `recv` at once. It used to yield its core
+/// up to 200 times first, to take the next job without a futex wake; under
+/// load that yielding was the largest single cost of the server (a quarter
+/// of its CPU time in `sched_yield` and the context switches it causes,
+/// about four calls per request at pipeline 1; BENCHMARKS.md, "Per-request
+/// cost"). The channel wakes a worker only when one is blocked, so a busy
+/// pool takes queued jobs without any system call.
 fn worker_loop(receiver: &Mutex<Receiver<Job>>) {
-    let mut idle = 0;
     loop {
         // The guard lives only for this statement: the lock is released
         // before the job runs, so other workers can take the next job.
         // Poisoning would need a panic while the lock is held, and only
         // `recv` runs under it; recovering the guard is still correct, as a
         // `Receiver` has no invariant a panic could break.
-        let next = {
-            let rx = receiver.lock().unwrap_or_else(PoisonError::into_inner);
-            if idle < IDLE_YIELDS {
-                match rx.try_recv() {
-                    Ok(job) => Some(job),
-                    Err(TryRecvError::Empty) => None,
-                    Err(TryRecvError::Disconnected) => return,
-                }
-            } else {
-                match rx.recv() {
-                    Ok(job) => Some(job),
-                    // Queue closed and drained: the pool is being dropped.
-                    Err(_) => return,
-                }
-            }
-        };
-        let Some(job) = next else {
-            idle += 1;
-            thread::yield_now();
-            continue;
-        };
-        idle = 0;
+        let next = receiver
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .recv();
+        // Queue closed and drained: the pool is being dropped.
+        let Ok(job) = next else { return };
         // Catch rather than respawn: the worker keeps its name and its place
         // in `workers` (so `drop` joins exactly the threads it started),
         // there is no window with one worker fewer, and no thread creation,
