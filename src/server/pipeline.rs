@@ -164,6 +164,13 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
     /// is false, and call [`launch_batch`](Self::launch_batch) before
     /// waiting for anything.
     pub(crate) fn submit(&mut self, job: J) {
+        let writes = writes(&job);
+        // A read starts a new batch after a write (see `batch`). Launched
+        // before the conflict check, so the write is among the jobs the
+        // read may have to wait for.
+        if self.batch_writes && !writes {
+            self.launch_batch();
+        }
         // Requests within one batch run in order, so only earlier jobs can
         // conflict.
         match self.conflict(&job) {
@@ -172,10 +179,6 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
                 self.held = Some((job, after));
             }
             None => {
-                let writes = writes(&job);
-                if self.batch_writes && !writes {
-                    self.launch_batch();
-                }
                 self.batch_writes |= writes;
                 self.batch.push(job);
             }
@@ -401,6 +404,34 @@ mod tests {
         assert!(!p.is_blocked(), "released once the write finished");
         p.launch_batch();
         assert_eq!(p.next_finished().await, Some(vec![1]));
+        assert_eq!(*log.lock().unwrap(), vec![0, 1]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_every_ready_read_and_a_read_after_a_write_starts_a_new_one() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut p = pipeline();
+        for id in 0..20 {
+            p.submit(probe(&log, id, "r", false));
+        }
+        assert_eq!((p.batch.len(), p.in_flight.len()), (20, 0), "one batch");
+        p.submit(probe(&log, 20, "w", true));
+        assert_eq!(p.batch.len(), 21, "a write joins the reads before it");
+        p.submit(probe(&log, 21, "other", false));
+        // The reads and the write went as one job; the read after the
+        // write waits in a new batch instead of behind it on one worker.
+        assert_eq!((p.batch.len(), p.in_flight.len()), (1, 1));
+        assert_eq!(drain(&mut p).await, (0..22).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_read_after_a_write_of_its_key_in_the_same_batch_waits_for_it() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut p = pipeline();
+        p.submit(probe(&log, 0, "k", true));
+        p.submit(probe(&log, 1, "k", false));
+        assert!(p.is_blocked(), "held behind the write");
+        assert_eq!(drain(&mut p).await, vec![0, 1]);
         assert_eq!(*log.lock().unwrap(), vec![0, 1]);
     }
 
