@@ -59,11 +59,15 @@ for tool in redis-server redis-benchmark nutcracker python3; do
     }
 done
 
-log "building the release kvs-server"
-cargo build --release --quiet --bin kvs-server
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-KVS_SERVER=$TARGET_DIR/release/kvs-server
+# KVS_SERVER=PATH runs that binary instead of building one (a copy is
+# safe from another build replacing target/release/kvs-server mid-run).
+if [ -z "${KVS_SERVER:-}" ]; then
+    log "building the release kvs-server"
+    cargo build --release --quiet --bin kvs-server
+    TARGET_DIR=$(cargo metadata --format-version 1 --no-deps |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+    KVS_SERVER=$TARGET_DIR/release/kvs-server
+fi
 export KVS_SERVER
 
 WORK=$(mktemp -d -t kvs-compare-resp.XXXXXX)
