@@ -306,6 +306,12 @@ pub fn engine_error(e: &KvsError) -> Reply {
             Reply::error("READONLY the store serves reads only for now; see the server log")
         }
         KvsError::Limit(msg) => Reply::error(format!("ERR {msg}")),
+        // The request's own fault (a key over the engine's size limit):
+        // the client's error, not the server's.
+        KvsError::InvalidInput(msg) => {
+            tracing::debug!(error = %e, "request refused by the engine");
+            Reply::error(format!("ERR {msg}"))
+        }
         _ => {
             tracing::error!(error = %e, "engine error");
             Reply::error("ERR internal error; see the server log")

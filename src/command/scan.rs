@@ -94,6 +94,18 @@ fn engine(op: Op) -> Step {
     Step::Engine(EngineCommand(AnyOp::Scan(op)))
 }
 
+/// Longest MATCH / KEYS pattern accepted. Matching costs up to pattern ×
+/// key length per key (one backtracking star), so an unbounded pattern
+/// would let one request hold a pool thread for minutes. Redis has no
+/// such limit; patterns in real use are a few dozen bytes.
+pub const MAX_PATTERN_LEN: usize = 1024;
+
+fn pattern_too_long() -> Step {
+    Step::Reply(Reply::error(format!(
+        "ERR pattern too long (the maximum is {MAX_PATTERN_LEN} bytes)"
+    )))
+}
+
 /// A SCAN cursor: a decimal unsigned 64-bit integer.
 fn cursor(arg: &[u8]) -> Option<u64> {
     if arg.is_empty() || !arg.iter().all(u8::is_ascii_digit) {
@@ -120,6 +132,7 @@ pub(super) fn scan(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
                 Ok(n) => count = usize::try_from(n).unwrap_or(usize::MAX),
                 Err(reply) => return Step::Reply(reply),
             },
+            b"MATCH" if value.len() > MAX_PATTERN_LEN => return pattern_too_long(),
             b"MATCH" => pattern = Some(value.clone()),
             b"TYPE" => no_type_match = !value.eq_ignore_ascii_case(b"string"),
             _ => return Step::Reply(syntax_error()),
@@ -138,6 +151,9 @@ pub(super) fn scan(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
 }
 
 pub(super) fn keys(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
+    if args[1].len() > MAX_PATTERN_LEN {
+        return pattern_too_long();
+    }
     engine(Op::Keys(args[1].clone()))
 }
 

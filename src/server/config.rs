@@ -25,10 +25,15 @@ pub struct ServerConfig {
     /// a small free allowance per connection). A connection that needs
     /// more waits for budget while its frame timeout runs.
     pub input_budget: usize,
+    /// Bytes of large replies (over 64 KiB each) built and not yet
+    /// written, across all connections. A large reply that does not fit
+    /// is answered with an error instead (Redis's nearest equivalent is
+    /// `client-output-buffer-limit`).
+    pub reply_budget: usize,
     /// Requests of one connection executing at once; further pipelined
     /// requests wait in the socket buffer.
     pub max_in_flight: usize,
-    /// Keys in one `GetMany` / `MGET`.
+    /// Keys in one `GetMany` or one RESP command (`MGET`, `DEL`, `MSET`...).
     pub max_batch_keys: usize,
     /// A frame whose first byte has arrived must be complete within this
     /// time, and a response that has started going out must make progress
@@ -57,8 +62,9 @@ impl Default for ServerConfig {
             max_rejecting: 64,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             input_budget: 256 << 20,
+            reply_budget: 256 << 20,
             max_in_flight: 32,
-            max_batch_keys: 1024,
+            max_batch_keys: 4096,
             frame_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(5),
@@ -107,6 +113,12 @@ impl ServerConfig {
             return bad(format!(
                 "input_budget must be between twice max_frame_len ({min_budget}) and {}",
                 u32::MAX
+            ));
+        }
+        // Room for the largest reply at least twice over.
+        if self.reply_budget < min_budget {
+            return bad(format!(
+                "reply_budget must be at least twice max_frame_len ({min_budget})"
             ));
         }
         if self.max_in_flight == 0 || self.max_in_flight > 1 << 16 {

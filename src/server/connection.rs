@@ -10,6 +10,7 @@
 //! nothing of either protocol: a [`Protocol`] decodes requests into jobs or
 //! immediate answers and encodes the outputs.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,14 +24,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::inbuf::{CHUNK, InBuf};
-use super::job::{Job, JobContext};
+use super::job::{Charge, Charged, Job, JobContext, ReplyBudget};
 use super::native::Native;
 use super::pipeline::Pipeline;
 use super::resp::Resp;
 use super::{ServerConfig, ServerStats};
 use crate::command::ServerContext;
 use crate::thread_pool::SharedQueueThreadPool;
-use crate::{KvsEngine, Result};
+use crate::{KvsEngine, KvsError, Result};
 
 /// What every connection task shares. The engine is not in here: engines
 /// are `Send` but need not be `Sync`, so each connection owns its clones.
@@ -42,6 +43,8 @@ pub(crate) struct Shared {
     pub(crate) input_budget: Arc<Semaphore>,
     /// What RESP commands share.
     pub(crate) commands: Arc<ServerContext>,
+    /// Large replies built and not yet written, across connections.
+    pub(crate) replies: Arc<ReplyBudget>,
 }
 
 /// Past this many unsent response bytes the connection stops reading and
@@ -92,6 +95,9 @@ pub(crate) trait Protocol: Send + 'static {
     /// Requests of this connection executing at once (fewer before it has
     /// authenticated).
     fn max_in_flight(&self, cfg: &ServerConfig) -> usize;
+
+    /// The answer to a request refused for a limit before it was decoded.
+    fn limit_error(&self, e: &KvsError) -> <Self::Job as Job>::Output;
 }
 
 /// Why a connection ended, and whether its unread input should be drained
@@ -130,6 +136,7 @@ pub(crate) async fn serve<E: KvsEngine>(
         stats: Arc::clone(&shared.stats),
         connection: id,
         commands: Arc::clone(&shared.commands),
+        replies: Arc::clone(&shared.replies),
     });
     // The first byte tells the protocol; wait for it as for any request.
     let mut first = [0u8; 1];
@@ -209,8 +216,12 @@ async fn drive<E: KvsEngine, P: Protocol>(
     let cfg = &shared.config;
     let counter = shared.stats.counter(ctx.connection);
     let (mut rd, mut wr) = stream.split();
-    let mut inbuf = InBuf::new(Arc::clone(&shared.input_budget));
+    let mut inbuf = InBuf::new(Arc::clone(&shared.input_budget), cfg.input_budget);
     let mut wbuf = BytesMut::with_capacity(CHUNK);
+    // Bytes ever put into / written from `wbuf`, and the reply-budget
+    // charges of large replies with the byte count that ends each.
+    let (mut queued, mut written_total) = (0u64, 0u64);
+    let mut charges: VecDeque<(u64, Charge)> = VecDeque::new();
     let mut pipeline: Pipeline<E, P::Job> =
         Pipeline::new(template, shared.pool.clone(), Arc::clone(&ctx));
 
@@ -248,8 +259,7 @@ async fn drive<E: KvsEngine, P: Protocol>(
                     accepting = false;
                     end = End { why, drain };
                     if drain {
-                        counter.protocol_error();
-                        debug!(%peer, "protocol error: {why}");
+                        debug!(%peer, "last request: {why}");
                     }
                     inbuf.discard();
                 }
@@ -304,19 +314,31 @@ async fn drive<E: KvsEngine, P: Protocol>(
 
         tokio::select! {
             biased;
-            Some(outputs) = pipeline.next_finished(), if pipeline.is_running() => {
+            // Finished replies are taken only while the write buffer has
+            // room; until then they wait, charged to the reply budget.
+            Some(outputs) = pipeline.next_finished(),
+                if pipeline.is_running() && wbuf.len() < WRITE_HIGH_WATER =>
+            {
                 if wbuf.is_empty() {
                     write_progress = Instant::now();
                 }
-                for output in &outputs {
-                    proto.encode(output, &mut wbuf, &ctx);
-                }
+                let mut queue = |outputs: Vec<Charged<_>>, wbuf: &mut BytesMut| {
+                    for Charged { output, charge } in outputs {
+                        proto.encode(&output, wbuf, &ctx);
+                        queued = written_total + wbuf.len() as u64;
+                        if let Some(charge) = charge {
+                            // Held until its last byte has been written.
+                            charges.push_back((queued, charge));
+                        }
+                    }
+                };
+                queue(outputs, &mut wbuf);
                 // Collect every other finished response now, so that one
                 // write carries them all.
-                while let Some(outputs) = pipeline.try_next_finished() {
-                    for output in &outputs {
-                        proto.encode(output, &mut wbuf, &ctx);
-                    }
+                while wbuf.len() < WRITE_HIGH_WATER
+                    && let Some(outputs) = pipeline.try_next_finished()
+                {
+                    queue(outputs, &mut wbuf);
                 }
             }
             written = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => {
@@ -325,6 +347,10 @@ async fn drive<E: KvsEngine, P: Protocol>(
                     return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
                 }
                 counter.bytes_out(written as u64);
+                written_total += written as u64;
+                while charges.front().is_some_and(|(end, _)| *end <= written_total) {
+                    charges.pop_front();
+                }
                 write_progress = Instant::now();
                 if wbuf.is_empty() {
                     last_activity = write_progress;
@@ -334,7 +360,19 @@ async fn drive<E: KvsEngine, P: Protocol>(
                 }
             }
             read = inbuf.read_from(&mut rd), if can_read => {
-                let read = read?;
+                let read = match read {
+                    Err(e @ KvsError::Limit(_)) => {
+                        // Answer, then drain: the request cannot be read.
+                        pipeline.push_ready(proto.limit_error(&e));
+                        counter.protocol_error();
+                        debug!(%peer, "request refused: {e}");
+                        accepting = false;
+                        end = End { why: "request over the input budget", drain: true };
+                        inbuf.discard();
+                        continue;
+                    }
+                    other => other?,
+                };
                 counter.bytes_in(read as u64);
                 if read == 0 {
                     eof = true;

@@ -29,14 +29,17 @@ pub(crate) struct InBuf {
     budget: Arc<Semaphore>,
     /// Budget held for the capacity past `FREE_BYTES`.
     held: Option<OwnedSemaphorePermit>,
+    /// The budget's size.
+    total: usize,
 }
 
 impl InBuf {
-    pub(crate) fn new(budget: Arc<Semaphore>) -> InBuf {
+    pub(crate) fn new(budget: Arc<Semaphore>, total: usize) -> InBuf {
         InBuf {
             buf: BytesMut::with_capacity(CHUNK),
             budget,
             held: None,
+            total,
         }
     }
 
@@ -66,6 +69,15 @@ impl InBuf {
         if need <= have {
             return Ok(());
         }
+        // A request larger than the whole budget could never get it, and
+        // would hold every permit released meanwhile (the semaphore is
+        // fair): refuse it now.
+        if need > self.total {
+            return Err(KvsError::Limit(format!(
+                "request needs {need} bytes of buffer, over the server's input budget of {} bytes",
+                self.total
+            )));
+        }
         let more = u32::try_from(need - have)
             .map_err(|_| KvsError::Limit("request too large to buffer".to_owned()))?;
         let permit = Arc::clone(&self.budget)
@@ -80,11 +92,15 @@ impl InBuf {
     }
 
     /// Called when the buffer has been consumed: a buffer that grew past
-    /// the free allowance is replaced by a small one and its budget
-    /// returned, so idle connections pin neither memory nor budget.
+    /// the free allowance is replaced by a small one, and the budget is
+    /// returned whatever the capacity (after a large request is split off,
+    /// the buffer keeps only its small tail), so idle connections pin
+    /// neither memory nor budget.
     pub(crate) fn shrink_if_empty(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > FREE_BYTES {
-            self.buf = BytesMut::with_capacity(CHUNK);
+        if self.buf.is_empty() {
+            if self.buf.capacity() > FREE_BYTES {
+                self.buf = BytesMut::with_capacity(CHUNK);
+            }
             self.held = None;
         }
     }

@@ -2,6 +2,7 @@
 //! such job can reach while it runs.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{ServerConfig, ServerStats};
 use crate::KvsEngine;
@@ -28,6 +29,99 @@ pub(crate) trait Job: Send + 'static {
 
     /// The outputs of `n` requests whose job failed (panicked) on the pool.
     fn failed(n: usize) -> Vec<Self::Output>;
+
+    /// About how many bytes `output` takes (its encoded size).
+    fn output_len(output: &Self::Output) -> usize;
+
+    /// The answer instead of a reply of `len` bytes that the server's
+    /// reply budget cannot hold now.
+    fn refused(len: usize) -> Self::Output;
+}
+
+/// Replies at most this large are not charged to the reply budget (their
+/// memory is bounded by requests in flight times this).
+const FREE_REPLY_BYTES: usize = 64 * 1024;
+
+/// Bytes of large replies built and not yet written, across connections:
+/// a client that pipelines GETs of a large value and never reads cannot
+/// make the server hold more than this.
+pub(crate) struct ReplyBudget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl ReplyBudget {
+    pub(crate) fn new(max: usize) -> ReplyBudget {
+        ReplyBudget {
+            used: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Charges `output` to the budget when it is large; a large output
+    /// the budget cannot hold is replaced by [`Job::refused`].
+    pub(crate) fn charge<J: Job>(self: &Arc<Self>, output: J::Output) -> Charged<J::Output> {
+        let bytes = J::output_len(&output);
+        if bytes <= FREE_REPLY_BYTES {
+            return Charged {
+                output,
+                charge: None,
+            };
+        }
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            if used + bytes > self.max {
+                return Charged {
+                    output: J::refused(bytes),
+                    charge: None,
+                };
+            }
+            match self.used.compare_exchange_weak(
+                used,
+                used + bytes,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => used = now,
+            }
+        }
+        Charged {
+            output,
+            charge: Some(Charge {
+                budget: Arc::clone(self),
+                bytes,
+            }),
+        }
+    }
+}
+
+/// An output with the budget it holds until it has been written.
+pub(crate) struct Charged<O> {
+    pub(crate) output: O,
+    pub(crate) charge: Option<Charge>,
+}
+
+impl<O> From<O> for Charged<O> {
+    fn from(output: O) -> Charged<O> {
+        Charged {
+            output,
+            charge: None,
+        }
+    }
+}
+
+/// Budget held by one large reply; returned when dropped (written, or
+/// the connection gone).
+pub(crate) struct Charge {
+    budget: Arc<ReplyBudget>,
+    bytes: usize,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 /// Shared, read-only state every job can use.
@@ -38,4 +132,6 @@ pub(crate) struct JobContext {
     pub(crate) connection: u64,
     /// What RESP commands read: password, `CONFIG GET` table, cursors.
     pub(crate) commands: Arc<ServerContext>,
+    /// Large replies built and not yet written, server-wide.
+    pub(crate) replies: Arc<ReplyBudget>,
 }

@@ -106,6 +106,7 @@ pub async fn run_with_stats<E: KvsEngine>(
     let shared = Arc::new(Shared {
         pool,
         input_budget: Arc::new(Semaphore::new(config.input_budget)),
+        replies: Arc::new(job::ReplyBudget::new(config.reply_budget)),
         config,
         stats,
         commands,

@@ -86,6 +86,7 @@ impl Protocol for Native {
             Ok(None) => Decoded::Incomplete,
             Ok(Some(frame)) => {
                 if frame.first() != Some(&PROTOCOL_VERSION) {
+                    ctx.stats.counter(ctx.connection).protocol_error();
                     // Later frames may not even be framed the same way.
                     let output = decode_message::<Request>(&frame).err().map_or_else(
                         || error(ErrorKind::Protocol, "bad version"),
@@ -108,11 +109,14 @@ impl Protocol for Native {
             }
             // The stream cannot be resynchronised after a refused header:
             // answer, then close.
-            Err(e) => Decoded::Last {
-                output: Response::from_error(&e),
-                why: "frame over the limit",
-                drain: true,
-            },
+            Err(e) => {
+                ctx.stats.counter(ctx.connection).protocol_error();
+                Decoded::Last {
+                    output: Response::from_error(&e),
+                    why: "frame over the limit",
+                    drain: true,
+                }
+            }
         }
     }
 
@@ -130,6 +134,10 @@ impl Protocol for Native {
                 warn!("cannot encode a response: {e}");
             }
         }
+    }
+
+    fn limit_error(&self, e: &KvsError) -> Response {
+        Response::from_error(e)
     }
 
     fn max_in_flight(&self, cfg: &ServerConfig) -> usize {
@@ -188,6 +196,27 @@ impl Job for NativeJob {
             Request::Auth { .. } => Ok(Response::Ok),
         };
         result.unwrap_or_else(|e| client_error(&e, ctx))
+    }
+
+    fn output_len(output: &Response) -> usize {
+        match output {
+            Response::Value(Some(v)) => v.len() + 16,
+            Response::Values(values) => {
+                values
+                    .iter()
+                    .map(|v| PER_VALUE_OVERHEAD + v.as_ref().map_or(0, String::len))
+                    .sum::<usize>()
+                    + 16
+            }
+            _ => 64,
+        }
+    }
+
+    fn refused(len: usize) -> Response {
+        error(
+            ErrorKind::Limit,
+            &format!("server busy: no room for a {len} byte reply now; retry later"),
+        )
     }
 
     fn failed(n: usize) -> Vec<Response> {

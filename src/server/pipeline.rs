@@ -11,6 +11,7 @@
 //! [`Pipeline::next_finished`] for the next output in request order and
 //! never sees the jobs themselves.
 
+use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
@@ -22,7 +23,7 @@ use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use tracing::warn;
 
-use super::job::{Job, JobContext};
+use super::job::{Charged, Job, JobContext};
 use crate::KvsEngine;
 use crate::command::Scope;
 use crate::thread_pool::{Blocking, SharedQueueThreadPool};
@@ -68,7 +69,7 @@ impl<E, O> Future for Pending<E, O> {
 
 /// One connection's requests in flight, in request order.
 pub(crate) struct Pipeline<E, J: Job> {
-    in_flight: FuturesOrdered<Pending<E, J::Output>>,
+    in_flight: FuturesOrdered<Pending<E, Charged<J::Output>>>,
     pool: Arc<SharedQueueThreadPool>,
     ctx: Arc<JobContext>,
     /// Cloned from when `stash` is empty.
@@ -92,8 +93,16 @@ pub(crate) struct Pipeline<E, J: Job> {
     /// responses have come out: request `s` has finished once `done > s`.
     started: u64,
     done: u64,
-    /// Keys of unfinished jobs: (key hash, last sequence of its job, writes).
-    touched: Vec<(u64, u64, bool)>,
+    /// Keys of unfinished jobs, by hash: the last job that touched each
+    /// and the last that wrote it. Checking a request costs one lookup per
+    /// key, whatever is in flight.
+    touched: HashMap<u64, Touch>,
+    /// The last job that read / wrote the whole keyspace (`SCAN`,
+    /// `FLUSHDB`) and the last that touched / wrote any key at all.
+    all_read: Option<u64>,
+    all_write: Option<u64>,
+    any_touch: Option<u64>,
+    any_write: Option<u64>,
     /// A request waiting for request `.1` to finish; nothing after it
     /// starts before it does.
     held: Option<(J, u64)>,
@@ -116,7 +125,11 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
             running: 0,
             started: 0,
             done: 0,
-            touched: Vec::new(),
+            touched: HashMap::new(),
+            all_read: None,
+            all_write: None,
+            any_touch: None,
+            any_write: None,
             held: None,
         }
     }
@@ -156,7 +169,8 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
         self.launch_batch();
         self.started += 1;
         self.running += 1;
-        self.in_flight.push_back(Pending::Ready(Some(output)));
+        self.in_flight
+            .push_back(Pending::Ready(Some(output.into())));
     }
 
     /// Accepts `job`: into the current batch, or held behind the earlier
@@ -199,34 +213,52 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
         for job in &jobs {
             match job.scope() {
                 Scope::Keys => {}
-                Scope::ReadsAll => self.touched.push((ALL_KEYS, last, false)),
-                Scope::WritesAll => self.touched.push((ALL_KEYS, last, true)),
+                Scope::ReadsAll => {
+                    self.all_read = Some(last);
+                    self.any_touch = Some(last);
+                }
+                Scope::WritesAll => {
+                    self.all_write = Some(last);
+                    self.any_touch = Some(last);
+                    self.any_write = Some(last);
+                }
             }
-            job.for_each_key(&mut |key, writes| self.touched.push((hash(key), last, writes)));
+            job.for_each_key(&mut |key, writes| {
+                let touch = self.touched.entry(hash(key)).or_default();
+                touch.last = last;
+                self.any_touch = Some(last);
+                if writes {
+                    touch.last_write = Some(last);
+                    self.any_write = Some(last);
+                }
+            });
         }
         let engine = self.stash.pop().unwrap_or_else(|| self.template.clone());
         let ctx = Arc::clone(&self.ctx);
         let job = self.pool.run(move || {
-            let outputs = jobs.into_iter().map(|job| job.run(&engine, &ctx)).collect();
+            let outputs = jobs
+                .into_iter()
+                .map(|job| ctx.replies.charge::<J>(job.run(&engine, &ctx)))
+                .collect();
             (engine, outputs)
         });
         self.in_flight.push_back(Pending::Engine {
             job,
             requests: count,
-            failed: J::failed,
+            failed: failed::<J>,
         });
     }
 
     /// The outputs of the next entry in request order, once it has
     /// finished; `None` when nothing is in flight.
-    pub(crate) async fn next_finished(&mut self) -> Option<Vec<J::Output>> {
+    pub(crate) async fn next_finished(&mut self) -> Option<Vec<Charged<J::Output>>> {
         let (engine, outputs) = self.in_flight.next().await?;
         self.finished(engine, outputs.len());
         Some(outputs)
     }
 
     /// Like [`next_finished`](Self::next_finished), without waiting.
-    pub(crate) fn try_next_finished(&mut self) -> Option<Vec<J::Output>> {
+    pub(crate) fn try_next_finished(&mut self) -> Option<Vec<Charged<J::Output>>> {
         use futures::FutureExt;
         let (engine, outputs) = self.in_flight.next().now_or_never()??;
         self.finished(engine, outputs.len());
@@ -240,35 +272,36 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
             self.stash.push(engine);
         }
         let done = self.done;
-        self.touched.retain(|&(_, seq, _)| seq >= done);
+        if self.running == 0 {
+            self.touched.clear();
+        } else if self.touched.len() > TOUCHED_TRIM {
+            self.touched.retain(|_, t| t.last >= done);
+        }
     }
 
     /// The latest unfinished request `job` must wait for.
     fn conflict(&self, job: &J) -> Option<u64> {
         let mut after = None;
-        let conflicts = |h: u64, hash: u64| h == hash || h == ALL_KEYS || hash == ALL_KEYS;
         match job.scope() {
             Scope::Keys => {}
             // A whole-keyspace command waits for every earlier write (a
-            // read) or every earlier request (a write).
-            scope => {
-                let writes = scope == Scope::WritesAll;
-                for &(_, seq, w) in &self.touched {
-                    if writes || w {
-                        after = after.max(Some(seq));
-                    }
-                }
-            }
+            // read) or every earlier request with keys (a write).
+            Scope::ReadsAll => after = self.any_write,
+            Scope::WritesAll => after = self.any_touch,
         }
         job.for_each_key(&mut |key, writes| {
-            let hash = hash(key);
-            for &(h, seq, w) in &self.touched {
-                if conflicts(h, hash) && (writes || w) {
-                    after = after.max(Some(seq));
-                }
+            // Every key waits for a whole-keyspace write; a write also for
+            // a whole-keyspace read.
+            after = after.max(self.all_write);
+            if writes {
+                after = after.max(self.all_read);
+            }
+            if let Some(t) = self.touched.get(&hash(key)) {
+                after = after.max(if writes { Some(t.last) } else { t.last_write });
             }
         });
-        after
+        // Finished already: nothing to wait for.
+        after.filter(|&seq| seq >= self.done)
     }
 }
 
@@ -279,9 +312,21 @@ fn writes<J: Job>(job: &J) -> bool {
     writes
 }
 
-/// The hash recorded for a whole-keyspace command: it conflicts with every
-/// key. (A key hashing to it only waits needlessly.)
-const ALL_KEYS: u64 = u64::MAX;
+/// The last unfinished jobs that touched and wrote one key.
+#[derive(Default, Clone, Copy)]
+struct Touch {
+    last: u64,
+    last_write: Option<u64>,
+}
+
+/// The outputs of `n` requests whose job panicked, uncharged.
+fn failed<J: Job>(n: usize) -> Vec<Charged<J::Output>> {
+    J::failed(n).into_iter().map(Charged::from).collect()
+}
+
+/// Past this many keys in flight, finished ones are dropped from the map
+/// as jobs finish (below it, only when the pipeline empties).
+const TOUCHED_TRIM: usize = 4096;
 
 fn hash(key: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
@@ -326,6 +371,14 @@ mod tests {
         fn failed(n: usize) -> Vec<u32> {
             vec![u32::MAX; n]
         }
+
+        fn output_len(_: &u32) -> usize {
+            4
+        }
+
+        fn refused(_: usize) -> u32 {
+            u32::MAX - 1
+        }
     }
 
     fn pipeline() -> Pipeline<MemoryEngine, Probe> {
@@ -337,6 +390,7 @@ mod tests {
             commands: Arc::new(crate::command::ServerContext::new(Box::new(
                 crate::server::StatsSnapshot::default,
             ))),
+            replies: Arc::new(super::super::job::ReplyBudget::new(1 << 20)),
         });
         Pipeline::new(MemoryEngine::new(), pool, ctx)
     }
@@ -351,6 +405,11 @@ mod tests {
         }
     }
 
+    async fn next(p: &mut Pipeline<MemoryEngine, Probe>) -> Option<Vec<u32>> {
+        let outputs = p.next_finished().await?;
+        Some(outputs.into_iter().map(|c| c.output).collect())
+    }
+
     async fn drain(p: &mut Pipeline<MemoryEngine, Probe>) -> Vec<u32> {
         let mut out = Vec::new();
         loop {
@@ -359,7 +418,7 @@ mod tests {
             }
             p.launch_batch();
             match p.next_finished().await {
-                Some(outputs) => out.extend(outputs),
+                Some(outputs) => out.extend(outputs.into_iter().map(|c| c.output)),
                 None => break,
             }
         }
@@ -400,10 +459,10 @@ mod tests {
         assert_eq!(p.conflict(&probe(&log, 9, "k", false)), Some(0));
         p.submit(probe(&log, 1, "k", false));
         assert!(p.is_blocked());
-        assert_eq!(p.next_finished().await, Some(vec![0]));
+        assert_eq!(next(&mut p).await, Some(vec![0]));
         assert!(!p.is_blocked(), "released once the write finished");
         p.launch_batch();
-        assert_eq!(p.next_finished().await, Some(vec![1]));
+        assert_eq!(next(&mut p).await, Some(vec![1]));
         assert_eq!(*log.lock().unwrap(), vec![0, 1]);
     }
 
@@ -463,12 +522,12 @@ mod tests {
         assert!(p.conflict(&scan).is_none());
         p.submit(flush);
         assert!(p.is_blocked());
-        assert_eq!(p.next_finished().await, Some(vec![0]));
+        assert_eq!(next(&mut p).await, Some(vec![0]));
         assert!(!p.is_blocked());
         p.launch_batch();
         // ...and every key waits for a running flush.
         assert_eq!(p.conflict(&probe(&log, 3, "zzz", false)), Some(1));
         assert_eq!(p.conflict(&scan), Some(1));
-        assert_eq!(p.next_finished().await, Some(vec![1]));
+        assert_eq!(next(&mut p).await, Some(vec![1]));
     }
 }

@@ -46,14 +46,29 @@ impl Protocol for Resp {
             Ok(None) => Decoded::Incomplete,
             Ok(Some(args)) => match command::dispatch(args, &mut self.session, &self.commands) {
                 Step::Reply(reply) => Decoded::Answer(reply),
+                // Drained like an error: input pipelined after QUIT is read
+                // and dropped, so the close does not reset away the +OK.
                 Step::Close(reply) => Decoded::Last {
                     output: reply,
                     why: "client quit",
-                    drain: false,
+                    drain: true,
                 },
-                Step::Engine(cmd) => Decoded::Run(RespJob(cmd)),
+                Step::Engine(cmd) => {
+                    // Keys per command are bounded like a native GetMany:
+                    // each decoded key costs far more than its wire bytes.
+                    let mut keys = 0usize;
+                    cmd.for_each_key(|_, _| keys += 1);
+                    let max = ctx.config.max_batch_keys;
+                    if keys > max {
+                        return Decoded::Answer(Reply::error(format!(
+                            "ERR too many keys in one command: {keys} (the maximum is {max})"
+                        )));
+                    }
+                    Decoded::Run(RespJob(cmd))
+                }
             },
             Err(e) => {
+                ctx.stats.counter(ctx.connection).protocol_error();
                 tracing::debug!(connection = ctx.connection, "RESP protocol error: {e:?}");
                 Decoded::Last {
                     output: e.reply(),
@@ -66,6 +81,10 @@ impl Protocol for Resp {
 
     fn encode(&mut self, output: &Reply, wbuf: &mut BytesMut, _: &JobContext) {
         output.encode(wbuf);
+    }
+
+    fn limit_error(&self, e: &crate::KvsError) -> Reply {
+        Reply::error(format!("ERR {e}"))
     }
 
     fn max_in_flight(&self, cfg: &ServerConfig) -> usize {
@@ -92,13 +111,24 @@ impl Job for RespJob {
     }
 
     fn run<E: KvsEngine>(self, engine: &E, ctx: &JobContext) -> Reply {
-        let done = self
-            .0
-            .execute(engine, &ctx.commands, ctx.config.max_frame_len);
+        // A value as large as the biggest bulk accepted must be readable
+        // back: room for the bulk header on top.
+        let budget = ctx.config.max_frame_len + 64;
+        let done = self.0.execute(engine, &ctx.commands, budget);
         ctx.stats
             .counter(ctx.connection)
             .lookups(done.hits, done.misses);
         done.reply
+    }
+
+    fn output_len(output: &Reply) -> usize {
+        output.encoded_len()
+    }
+
+    fn refused(len: usize) -> Reply {
+        Reply::error(format!(
+            "ERR server busy: no room for a {len} byte reply now; retry later"
+        ))
     }
 
     fn failed(n: usize) -> Vec<Reply> {
