@@ -17,6 +17,9 @@ use super::writer::{self, GroupCommit, Writer};
 use super::{Core, KvStore, Options, SyncMode, recovery, segment};
 use crate::{KvsError, Result};
 
+/// Tries at taking the directory lock, 10 ms apart, before giving up.
+const LOCK_RETRIES: u32 = 20;
+
 /// Owned by every clone through an `Arc`: when the last clone goes, it stops
 /// and joins the background threads, then syncs, then the lock is released.
 pub(super) struct Guard {
@@ -94,10 +97,25 @@ impl KvStore {
             }
             Err(e) => return Err(segment::io_at("open", &lock_path)(e).into()),
         };
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(KvsError::Locked { dir }),
-            Err(TryLockError::Error(e)) => return Err(segment::io_at("lock", &lock_path)(e).into()),
+        // NOTE: a lock can be held for a moment by nobody who uses the
+        // store: a thread of this process forking a child (any
+        // `Command::spawn`) while the previous handle's descriptor was open
+        // shares the lock until the child execs. Retry briefly before
+        // calling the directory locked; another live store holds it for
+        // far longer.
+        let mut tries = 0;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) if tries < LOCK_RETRIES => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(TryLockError::WouldBlock) => return Err(KvsError::Locked { dir }),
+                Err(TryLockError::Error(e)) => {
+                    return Err(segment::io_at("lock", &lock_path)(e).into());
+                }
+            }
         }
         let index = Index::new();
         let rec = recovery::recover(&dir, &index, opts.segment_max_bytes)?;
