@@ -56,6 +56,7 @@ impl RedisServer {
         if let Some(pass) = requirepass {
             cmd.args(["--requirepass", pass]);
         }
+        die_with_parent(&mut cmd);
         let child = cmd.spawn().expect("start redis-server");
         let server = RedisServer {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -79,6 +80,23 @@ impl RedisServer {
 
     pub fn connect(&self) -> RawConn {
         RawConn::connect(self.addr).expect("connect to redis-server")
+    }
+}
+
+/// Makes the child get SIGKILL when the thread that started it ends, so a
+/// server kept for a whole test binary (a `static`, never dropped) or left
+/// by a test that was killed does not outlive it.
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork
+    // and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
