@@ -174,15 +174,21 @@ impl Password {
     /// the lengths (a byte-wise early exit would tell an attacker how much
     /// of a guess was right).
     pub fn matches(&self, candidate: &str) -> bool {
-        let (a, b) = (self.0.as_bytes(), candidate.as_bytes());
-        let mut diff = u8::from(a.len() != b.len());
-        for i in 0..a.len().max(b.len()) {
-            let x = a.get(i).copied().unwrap_or(0);
-            let y = b.get(i).copied().unwrap_or(0xff);
-            diff |= x ^ y;
-        }
-        std::hint::black_box(diff) == 0
+        constant_time_eq(self.0.as_bytes(), candidate.as_bytes())
     }
+}
+
+/// Whether `a == b`, in time that depends only on the lengths (a byte-wise
+/// early exit would tell an attacker how much of a guessed password was
+/// right). Both protocols' password checks go through it.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0xff);
+        diff |= x ^ y;
+    }
+    std::hint::black_box(diff) == 0
 }
 
 impl fmt::Debug for Password {

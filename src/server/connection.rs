@@ -218,9 +218,10 @@ async fn drive<E: KvsEngine, P: Protocol>(
     let (mut rd, mut wr) = stream.split();
     let mut inbuf = InBuf::new(Arc::clone(&shared.input_budget), cfg.input_budget);
     let mut wbuf = BytesMut::with_capacity(CHUNK);
-    // Bytes ever put into / written from `wbuf`, and the reply-budget
-    // charges of large replies with the byte count that ends each.
-    let (mut queued, mut written_total) = (0u64, 0u64);
+    // Bytes ever written from `wbuf`, and the reply-budget charges of
+    // large replies with the byte count that ends each (bytes ever queued
+    // are `written_total + wbuf.len()`).
+    let mut written_total = 0u64;
     let mut charges: VecDeque<(u64, Charge)> = VecDeque::new();
     let mut pipeline: Pipeline<E, P::Job> =
         Pipeline::new(template, shared.pool.clone(), Arc::clone(&ctx));
@@ -325,10 +326,9 @@ async fn drive<E: KvsEngine, P: Protocol>(
                 let mut queue = |outputs: Vec<Charged<_>>, wbuf: &mut BytesMut| {
                     for Charged { output, charge } in outputs {
                         proto.encode(&output, wbuf, &ctx);
-                        queued = written_total + wbuf.len() as u64;
                         if let Some(charge) = charge {
                             // Held until its last byte has been written.
-                            charges.push_back((queued, charge));
+                            charges.push_back((written_total + wbuf.len() as u64, charge));
                         }
                     }
                 };

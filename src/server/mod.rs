@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+pub(crate) use config::constant_time_eq;
 pub use config::{MAX_FRAME_LEN, MAX_TIMEOUT, MIN_FRAME_LEN, Password, ServerConfig};
 pub use engine::{ENGINE_RECORD, EngineKind, check_and_record_engine};
 pub use launch::{Settings, serve};
