@@ -207,7 +207,11 @@ fn have_nutcracker(test: &str) -> bool {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("{test}: nutcracker is not installed (CI installs nutcracker)");
         }
-        println!("SKIPPED: {test}: nutcracker is not installed");
+        // Straight to stderr: the test harness captures println!.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("SKIPPED: {test}: nutcracker is not installed\n").as_bytes(),
+        );
     }
     found
 }

@@ -183,7 +183,11 @@ impl Tmpfs {
         } else {
             "not running as root"
         };
-        println!("SKIPPED: {test}: {why}");
+        // Straight to stderr: the test harness captures println!.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("SKIPPED: {test}: {why}\n").as_bytes(),
+        );
         if std::env::var("CI").as_deref() == Ok("true") && is_root() {
             panic!("{test}: root but cannot mount a tmpfs under CI");
         }

@@ -221,7 +221,12 @@ impl Redis {
                     std::env::var("CI").as_deref() != Ok("true"),
                     "redis-server is required in CI: {e}"
                 );
-                println!("SKIPPED: redis-server comparison (cannot start redis-server: {e})");
+                // Straight to stderr: the test harness captures println!.
+                let _ = std::io::Write::write_all(
+                    &mut std::io::stderr(),
+                    format!("SKIPPED: redis-server comparison (cannot start redis-server: {e})\n")
+                        .as_bytes(),
+                );
                 return None;
             }
         };

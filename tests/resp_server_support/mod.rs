@@ -159,8 +159,12 @@ pub fn tool_installed(test: &str, tool: &str) -> bool {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("{test}: {tool} is not installed (CI installs redis-tools)");
         }
-        // Straight to stderr: cargo test shows it without --nocapture.
-        eprintln!("SKIPPED: {test}: {tool} is not installed");
+        // Straight to stderr (eprintln! is captured by the harness), so
+        // cargo test shows it without --nocapture.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("SKIPPED: {test}: {tool} is not installed\n").as_bytes(),
+        );
     }
     found
 }
