@@ -253,7 +253,22 @@ async fn drive<E: KvsEngine, P: Protocol>(
         {
             match proto.decode(inbuf.buf(), &ctx) {
                 Decoded::Incomplete => break,
-                Decoded::Run(job) => pipeline.submit(job),
+                Decoded::Run(job) => {
+                    // Keys per request are bounded for both protocols: each
+                    // decoded key costs far more than its wire bytes, and
+                    // is tracked for ordering while it runs.
+                    let mut keys = 0usize;
+                    job.for_each_key(&mut |_, _| keys += 1);
+                    if keys > cfg.max_batch_keys {
+                        let e = KvsError::Limit(format!(
+                            "too many keys in one command: {keys} (the maximum is {})",
+                            cfg.max_batch_keys
+                        ));
+                        pipeline.push_ready(proto.limit_error(&e));
+                    } else {
+                        pipeline.submit(job);
+                    }
+                }
                 Decoded::Answer(output) => pipeline.push_ready(output),
                 Decoded::Last { output, why, drain } => {
                     pipeline.push_ready(output);

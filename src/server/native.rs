@@ -63,16 +63,6 @@ impl Native {
             _ if !self.authenticated => {
                 Decoded::Answer(error(ErrorKind::Auth, "authentication required"))
             }
-            Request::GetMany { keys } if keys.len() > ctx.config.max_batch_keys => {
-                Decoded::Answer(error(
-                    ErrorKind::Limit,
-                    &format!(
-                        "batch of {} keys exceeds the maximum of {}",
-                        keys.len(),
-                        ctx.config.max_batch_keys
-                    ),
-                ))
-            }
             request => Decoded::Run(NativeJob(request)),
         }
     }

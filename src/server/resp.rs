@@ -53,19 +53,7 @@ impl Protocol for Resp {
                     why: "client quit",
                     drain: true,
                 },
-                Step::Engine(cmd) => {
-                    // Keys per command are bounded like a native GetMany:
-                    // each decoded key costs far more than its wire bytes.
-                    let mut keys = 0usize;
-                    cmd.for_each_key(|_, _| keys += 1);
-                    let max = ctx.config.max_batch_keys;
-                    if keys > max {
-                        return Decoded::Answer(Reply::error(format!(
-                            "ERR too many keys in one command: {keys} (the maximum is {max})"
-                        )));
-                    }
-                    Decoded::Run(RespJob(cmd))
-                }
+                Step::Engine(cmd) => Decoded::Run(RespJob(cmd)),
             },
             Err(e) => {
                 ctx.stats.counter(ctx.connection).protocol_error();
@@ -84,7 +72,10 @@ impl Protocol for Resp {
     }
 
     fn limit_error(&self, e: &crate::KvsError) -> Reply {
-        Reply::error(format!("ERR {e}"))
+        match e {
+            crate::KvsError::Limit(message) => Reply::error(format!("ERR {message}")),
+            other => Reply::error(format!("ERR {other}")),
+        }
     }
 
     fn max_in_flight(&self, cfg: &ServerConfig) -> usize {
