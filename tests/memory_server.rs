@@ -376,9 +376,14 @@ async fn fill_ten_times_the_bound(bound: u64, value_size: usize) -> (u64, Option
 
 #[tokio::test]
 async fn rss_stays_near_a_small_bound() {
-    // 4 KiB values at 16 MiB: at 4 MiB the connection's buffers for a
-    // pipeline of 100 x 4 KiB weigh a fifth of the bound.
-    fill_ten_times_the_bound(4 << 20, 100).await;
+    // 16 MiB, not less: what an empty server has not yet touched when its
+    // baseline is read (a connection's buffers for a pipeline of 100 x 4 KiB,
+    // the pool threads' first stack pages and malloc caches, entries waiting
+    // for the skip list's epoch to free them) is fixed, about 0.7 MiB in a
+    // debug build. At a 4 MiB bound that alone is a sixth of the bound: the
+    // 100 B fill measured 1.14 to 1.20 there from run to run, a test of the
+    // machine's noise, not of the bound.
+    fill_ten_times_the_bound(16 << 20, 100).await;
     fill_ten_times_the_bound(16 << 20, 4096).await;
 }
 
