@@ -1,103 +1,46 @@
 //! `kvs-server` and `kvs-client` as a new user runs them: spawned
 //! binaries in temporary directories, real signals.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const SERVER: &str = env!("CARGO_BIN_EXE_kvs-server");
+mod child_support;
+use child_support::{SERVER, ServerChild, rss_of, server_command};
+
 const CLIENT: &str = env!("CARGO_BIN_EXE_kvs-client");
 
-/// A `kvs-server` child. Killed (by its PID, through `Child`) if a test
-/// fails while it runs.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
+/// How long a signalled server may take to exit.
+const EXIT_LIMIT: Duration = Duration::from_secs(10);
+
+/// A `kvs-server` child in `dir`, as a new user starts one: the test's
+/// `extra` arguments and environment on top of [`server_command`].
+struct Server;
 
 impl Server {
-    /// Starts the server on 127.0.0.1:0 in `dir` and waits for the log line
-    /// that gives the bound address.
-    fn start(dir: &Path, extra: &[&str]) -> Server {
+    fn start(dir: &Path, extra: &[&str]) -> ServerChild {
         Server::start_with_env(dir, extra, &[])
     }
 
-    fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(SERVER)
-            .args(["--addr", "127.0.0.1:0", "--log-level", "info"])
-            .args(extra)
-            .envs(env.iter().copied())
-            .current_dir(dir)
-            .env_remove("KVS_ADDR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push_str(&format!("{line}\n"));
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => addr.parse().unwrap(),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("server did not start: {}", log.lock().unwrap());
-            }
-        };
-        Server { child, addr, log }
-    }
-
-    fn client(&self, args: &[&str]) -> Output {
-        client(self.addr, args)
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits (bounded) for the server to exit and returns its exit code.
-    fn wait(mut self) -> Option<i32> {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "server did not exit: {}",
-                self.log.lock().unwrap()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+    fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> ServerChild {
+        let mut cmd = server_command();
+        cmd.args(extra).envs(env.iter().copied()).current_dir(dir);
+        ServerChild::spawn(cmd)
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+/// `kvs-client ARGS --addr` the server.
+trait ClientOf {
+    fn client(&self, args: &[&str]) -> Output;
+}
+
+impl ClientOf for ServerChild {
+    fn client(&self, args: &[&str]) -> Output {
+        client(self.addr, args)
     }
 }
 
@@ -171,8 +114,8 @@ fn session_outputs_and_exit_codes() {
             .unwrap();
         assert_eq!(stdout(&o), "значение с пробелами\n");
 
-        server.signal("-TERM");
-        assert_eq!(server.wait(), Some(0));
+        server.signal(libc::SIGTERM);
+        assert_eq!(server.wait_exit(EXIT_LIMIT), Some(0));
     }
 }
 
@@ -180,7 +123,7 @@ fn session_outputs_and_exit_codes() {
 fn start_log_names_version_engine_dir_and_sync() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--engine", "kvs", "--sync", "always"]);
-    let log = server.log.lock().unwrap().clone();
+    let log = server.log();
     for needle in [
         env!("CARGO_PKG_VERSION"),
         "engine=kvs",
@@ -189,8 +132,8 @@ fn start_log_names_version_engine_dir_and_sync() {
     ] {
         assert!(log.contains(needle), "{needle} missing from {log}");
     }
-    server.signal("-INT");
-    assert_eq!(server.wait(), Some(0));
+    server.signal(libc::SIGINT);
+    assert_eq!(server.wait_exit(EXIT_LIMIT), Some(0));
 }
 
 #[test]
@@ -286,8 +229,8 @@ fn startup_failures_are_one_line_errors() {
     // free for the next step).
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(data.path(), &["--engine", "memory"]);
-    server.signal("-TERM");
-    assert_eq!(server.wait(), Some(0));
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(EXIT_LIMIT), Some(0));
     let o = run(
         SERVER,
         &["--engine", "kvs", "--addr", &addr, "--log-level", "off"],
@@ -304,8 +247,8 @@ fn startup_failures_are_one_line_errors() {
         locked.path(),
     );
     check(o, "locked");
-    first.signal("-TERM");
-    assert_eq!(first.wait(), Some(0));
+    first.signal(libc::SIGTERM);
+    assert_eq!(first.wait_exit(EXIT_LIMIT), Some(0));
 
     // No I/O threads.
     let o = run(
@@ -331,16 +274,16 @@ fn sigterm_exits_zero_and_keeps_data() {
         let o = server.client(&["set", &format!("k{i}"), &format!("v{i}")]);
         assert!(o.status.success());
     }
-    server.signal("-TERM");
-    assert_eq!(server.wait(), Some(0));
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(EXIT_LIMIT), Some(0));
 
     let server = Server::start(dir.path(), &[]);
     for i in 0..50 {
         let o = server.client(&["get", &format!("k{i}")]);
         assert_eq!(stdout(&o), format!("v{i}\n"));
     }
-    server.signal("-TERM");
-    assert_eq!(server.wait(), Some(0));
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(EXIT_LIMIT), Some(0));
 }
 
 /// SIGKILL while clients write; after a restart, every write whose
@@ -384,8 +327,8 @@ fn sigkill_during_writes_keeps_acknowledged_writes() {
         let o = server.client(&["get", k]);
         assert_eq!(stdout(&o), format!("{v}\n"), "lost {k}");
     }
-    server.signal("-TERM");
-    assert_eq!(server.wait(), Some(0));
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(EXIT_LIMIT), Some(0));
 }
 
 /// Every server flag also reads an environment variable (containers).
@@ -404,7 +347,7 @@ fn server_flags_read_environment_variables() {
             ("KVS_MAX_CONNECTIONS", "1"),
         ],
     );
-    let log = server.log.lock().unwrap().clone();
+    let log = server.log();
     for needle in ["engine=memory", "sync=never", "threads=3", "data"] {
         assert!(log.contains(needle), "{needle} missing from {log}");
     }
@@ -432,8 +375,8 @@ fn server_flags_read_environment_variables() {
     }
     assert!(refused);
     drop(held);
-    server.signal("-TERM");
-    assert_eq!(server.wait(), Some(0));
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(EXIT_LIMIT), Some(0));
 }
 
 /// Every numeric flag at and past its edges: a clear one-line startup
@@ -459,8 +402,8 @@ fn numeric_flag_edges_are_startup_errors() {
         if ok {
             let server = Server::start(dir.path(), &["--engine", "memory", flag, value]);
             assert_eq!(server.client(&["ping"]).status.code(), Some(0));
-            server.signal("-TERM");
-            assert_eq!(server.wait(), Some(0));
+            server.signal(libc::SIGTERM);
+            assert_eq!(server.wait_exit(EXIT_LIMIT), Some(0));
             continue;
         }
         let o = run(
@@ -498,8 +441,8 @@ fn requirepass_file_is_enforced() {
     let o = server.client(&["get", "a"]);
     assert_ne!(o.status.code(), Some(0));
     assert!(stderr(&o).to_lowercase().contains("auth"), "{}", stderr(&o));
-    server.signal("-TERM");
-    assert_eq!(server.wait(), Some(0));
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(EXIT_LIMIT), Some(0));
 }
 
 /// Under a low open-file limit the default connection cap follows it, so
@@ -509,21 +452,8 @@ fn requirepass_file_is_enforced() {
 fn connection_cap_follows_the_open_file_limit() {
     use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(SERVER);
-    cmd.args([
-        "--addr",
-        "127.0.0.1:0",
-        "--engine",
-        "memory",
-        "--log-level",
-        "info",
-    ])
-    .current_dir(dir.path())
-    .env_remove("KVS_ADDR")
-    .env_remove("KVS_MAX_CONNECTIONS")
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    let mut cmd = server_command();
+    cmd.args(["--engine", "memory"]).current_dir(dir.path());
     // SAFETY: setrlimit is async-signal-safe; nothing else runs between
     // fork and exec.
     unsafe {
@@ -538,21 +468,8 @@ fn connection_cap_follows_the_open_file_limit() {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
-            }
-        }
-    });
-    let addr: SocketAddr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let server = ServerChild::spawn(cmd);
+    let addr = server.addr;
     // 200 connections against a limit of 128 descriptors: each one is
     // either served or refused with an error, within a bounded wait.
     let mut held = Vec::new();
@@ -573,20 +490,12 @@ fn connection_cap_follows_the_open_file_limit() {
         }
         held.push(s);
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     assert!(
         served > 0 && refused > 0,
         "served {served} refused {refused}"
     );
     assert!(served <= 128 - 64, "served {served}");
-}
-
-/// Resident memory of process `pid`, from /proc.
-fn rss_of(pid: u32) -> u64 {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
-    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
 }
 
 /// 40 connections each send 12 MiB of a 16 MiB frame and stall: the

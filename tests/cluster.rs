@@ -194,26 +194,12 @@ impl Drop for Proxy {
     }
 }
 
+mod child_support;
+
 /// `true` when nutcracker can run; otherwise prints SKIPPED (panics under
 /// CI, which installs it).
 fn have_nutcracker(test: &str) -> bool {
-    let found = Command::new("nutcracker")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{test}: nutcracker is not installed (CI installs nutcracker)");
-        }
-        // Straight to stderr: the test harness captures println!.
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            format!("SKIPPED: {test}: nutcracker is not installed\n").as_bytes(),
-        );
-    }
-    found
+    child_support::tool_installed(test, "nutcracker", "nutcracker")
 }
 
 fn parse_int(reply: &[u8]) -> i64 {

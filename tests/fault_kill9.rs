@@ -16,100 +16,25 @@
 //! --ignored` runs 50 per mode. Seeded (KVS_KILL9_SEED), seed printed.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use kvs::KvsClient;
 use kvs::protocol::{ErrorKind, Request, Response};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-const SERVER: &str = env!("CARGO_BIN_EXE_kvs-server");
+mod child_support;
+use child_support::{ServerChild, server_command};
+
 const KEYS: usize = 300;
 const WINDOW: usize = 32;
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Server {
-    fn start(dir: &Path, sync: &str) -> Server {
-        let mut child = Command::new(SERVER)
-            .args([
-                "--addr",
-                "127.0.0.1:0",
-                "--log-level",
-                "info",
-                "--sync",
-                sync,
-            ])
-            .arg("--dir")
-            .arg(dir)
-            .env_remove("KVS_ADDR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent && let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
-                    let _ = tx.send(Ok(addr));
-                    sent = true;
-                }
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-            if !sent {
-                let _ = tx.send(Err(sink.lock().unwrap().clone()));
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Ok(addr)) => Server {
-                child,
-                addr: addr.parse().unwrap(),
-                log,
-            },
-            other => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("server did not start: {other:?}");
-            }
-        }
-    }
-
-    /// What the server logged so far, for a failure message.
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// SIGKILL, by PID, and reap.
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// A `kvs-server` child on `dir` with `--sync sync`.
+fn start_server(dir: &Path, sync: &str) -> ServerChild {
+    let mut cmd = server_command();
+    cmd.args(["--sync", sync]).arg("--dir").arg(dir);
+    ServerChild::spawn(cmd)
 }
 
 /// What one request does to its key: `Some(value)` for a set, `None` for
@@ -216,7 +141,7 @@ fn cycles(sync: &str, n: usize) {
         .unwrap();
     let mut model = Model::default();
     for cycle in 0..n {
-        let server = Server::start(dir.path(), sync);
+        let server = start_server(dir.path(), sync);
         let ctx = format!("sync {sync}, seed {seed}, cycle {cycle}");
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             rt.block_on(check(server.addr, &mut model, &ctx));
@@ -228,7 +153,7 @@ fn cycles(sync: &str, n: usize) {
         }
         server.kill9();
     }
-    let server = Server::start(dir.path(), sync);
+    let server = start_server(dir.path(), sync);
     let ctx = format!("sync {sync}, seed {seed}, final");
     rt.block_on(check(server.addr, &mut model, &ctx));
 }

@@ -5,7 +5,6 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
@@ -17,71 +16,33 @@ use kvs::protocol::{Request, Response};
 use kvs::{KvsClient, KvsError};
 use tempfile::TempDir;
 
-const SERVER: &str = env!("CARGO_BIN_EXE_kvs-server");
+mod child_support;
+use child_support::{SERVER, ServerChild, rss_of, server_command};
 
-/// A `kvs-server` child, killed by its PID when dropped.
+/// A `kvs-server` child with `args`, in a temporary directory it owns.
 struct Server {
-    child: Child,
-    addr: SocketAddr,
+    child: ServerChild,
     _dir: TempDir,
 }
 
 impl Server {
     fn start(args: &[&str]) -> Server {
         let dir = TempDir::new().unwrap();
-        let mut child = Command::new(SERVER)
-            .args(["--addr", "127.0.0.1:0", "--log-level", "info"])
-            .args(args)
-            .current_dir(dir.path())
-            .env_remove("KVS_MAX_MEMORY")
-            .env_remove("KVS_EVICTION")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let Ok(addr) = rx.recv_timeout(Duration::from_secs(20)) else {
-            let _ = child.kill();
-            panic!("server did not start");
-        };
+        let mut cmd = server_command();
+        cmd.args(args).current_dir(dir.path());
         Server {
-            child,
-            addr: addr.parse().unwrap(),
+            child: ServerChild::spawn(cmd),
             _dir: dir,
         }
     }
 
-    /// Resident set size of the child, from /proc.
+    fn addr(&self) -> SocketAddr {
+        self.child.addr
+    }
+
     fn rss(&self) -> u64 {
-        rss_of(self.child.id())
+        self.child.rss()
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Resident bytes of process `pid` (`/proc/PID/statm`, second field, in
-/// pages).
-fn rss_of(pid: u32) -> u64 {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
-    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
-    pages * page
 }
 
 #[test]
@@ -133,7 +94,7 @@ async fn noeviction_answers_redis_oom_text_and_keeps_every_key() {
         "--eviction",
         "noeviction",
     ]);
-    let mut c = KvsClient::connect(server.addr).await.unwrap();
+    let mut c = KvsClient::connect(server.addr()).await.unwrap();
     let value = "x".repeat(100);
     let mut stored = 0;
     let err = loop {
@@ -160,25 +121,17 @@ async fn noeviction_answers_redis_oom_text_and_keeps_every_key() {
 #[tokio::test]
 async fn with_eviction_the_environment_sets_the_bound_and_old_keys_go() {
     let dir = TempDir::new().unwrap();
-    let mut child = Command::new(SERVER)
-        .args(["--addr", "127.0.0.1:0", "--engine", "memory"])
+    let mut cmd = server_command();
+    cmd.args(["--engine", "memory"])
         .env("KVS_MAX_MEMORY", "100kb")
         .env("KVS_EVICTION", "sieve")
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr: SocketAddr = loop {
-        let line = lines.next().expect("server exited").unwrap();
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            assert!(line.contains("eviction=sieve"), "{line}");
-            assert!(line.contains("max_memory=102400"), "{line}");
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
+        .current_dir(dir.path());
+    let server = ServerChild::spawn(cmd);
+    let log = server.log();
+    let line = log.lines().find(|l| l.contains("listening on")).unwrap();
+    assert!(line.contains("eviction=sieve"), "{line}");
+    assert!(line.contains("max_memory=102400"), "{line}");
+    let addr = server.addr;
     let mut c = KvsClient::connect(addr).await.unwrap();
     let value = "x".repeat(100);
     for i in 0..5_000 {
@@ -186,8 +139,6 @@ async fn with_eviction_the_environment_sets_the_bound_and_old_keys_go() {
     }
     assert_eq!(c.get("k0").await.unwrap(), None);
     assert_eq!(c.get("k4999").await.unwrap().as_deref(), Some(&*value));
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// A `redis-server` child on a free loopback port with a pipelining RESP
@@ -320,7 +271,7 @@ impl Drop for Redis {
 async fn fill_ten_times_the_bound(bound: u64, value_size: usize) -> (u64, Option<u64>) {
     let bound_arg = bound.to_string();
     let server = Server::start(&["--engine", "memory", "--max-memory", &bound_arg]);
-    let mut c = KvsClient::connect(server.addr).await.unwrap();
+    let mut c = KvsClient::connect(server.addr()).await.unwrap();
     c.ping().await.unwrap();
     let baseline = server.rss();
     let value = "v".repeat(value_size);
@@ -400,7 +351,7 @@ async fn memory_per_key_at_a_million_100_byte_values() {
     const KEYS: u64 = 1_000_000;
     let value = "v".repeat(100);
     let server = Server::start(&["--engine", "memory"]);
-    let mut c = KvsClient::connect(server.addr).await.unwrap();
+    let mut c = KvsClient::connect(server.addr()).await.unwrap();
     c.ping().await.unwrap();
     let empty = server.rss();
     let names: Vec<String> = (0..KEYS).map(|i| format!("key:{i:012}")).collect();

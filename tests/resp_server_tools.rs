@@ -6,6 +6,7 @@
 //! Where the output is deterministic, `redis-cli`'s output against kvs is
 //! compared with its output against a real `redis-server`.
 
+mod child_support;
 mod resp_server_support;
 mod resp_support;
 
@@ -13,7 +14,12 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use resp_server_support::{ENGINES, Engine, KvsServer, tool_installed};
+use resp_server_support::{ENGINES, Engine, KvsServer};
+
+/// Whether the redis-tools binary `tool` runs (SKIPPED if not; CI installs it).
+fn tool_installed(test: &str, tool: &str) -> bool {
+    child_support::tool_installed(test, tool, "redis-tools")
+}
 use resp_support::{RedisServer, cmd, multibulk};
 
 /// `redis-cli -p port args...`.

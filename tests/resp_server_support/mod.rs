@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -143,30 +143,6 @@ fn spawn<E: KvsEngine>(
         ));
         (handle, addr, token)
     })
-}
-
-/// Whether `tool` (`redis-cli`, `redis-benchmark`) runs; if not, prints
-/// `SKIPPED: ...` and returns false, or panics under `CI=true`, where CI
-/// installs it.
-pub fn tool_installed(test: &str, tool: &str) -> bool {
-    let found = Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{test}: {tool} is not installed (CI installs redis-tools)");
-        }
-        // Straight to stderr (eprintln! is captured by the harness), so
-        // cargo test shows it without --nocapture.
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            format!("SKIPPED: {test}: {tool} is not installed\n").as_bytes(),
-        );
-    }
-    found
 }
 
 /// A `redis` crate multiplexed connection to `addr`. Its default
