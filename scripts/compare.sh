@@ -22,6 +22,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 WRITE=0
 for arg in "$@"; do
@@ -57,11 +59,9 @@ if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/nu
 fi
 
 log "building release binaries"
-cargo build --release --quiet --bin kvs-server --bin kvs-bench
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-KVS_SERVER=$TARGET_DIR/release/kvs-server
-KVS_BENCH=$TARGET_DIR/release/kvs-bench
+RELEASE=$(release_dir kvs-server kvs-bench)
+KVS_SERVER=$RELEASE/kvs-server
+KVS_BENCH=$RELEASE/kvs-bench
 
 WORK=$(mktemp -d -t kvs-compare.XXXXXX)
 OUT=$WORK/results
@@ -69,40 +69,12 @@ mkdir -p "$OUT"
 KVS_PID=
 REDIS_PID=
 
-stop_pid() { # stop_pid PID: SIGTERM, wait (bounded), then SIGKILL
-    local pid=$1
-    [ -n "$pid" ] || return 0
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
 cleanup() {
     stop_pid "$KVS_PID"
     stop_pid "$REDIS_PID"
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-wait_port() { # wait_port PORT PID
-    for _ in $(seq 200); do
-        kill -0 "$2" 2>/dev/null || { echo "server $2 exited at start" >&2; exit 1; }
-        if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $1), 0.2)" 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.05
-    done
-    echo "server on port $1 did not start" >&2
-    exit 1
-}
 
 start_kvs() {
     local dir=$WORK/kvs-$1

@@ -28,6 +28,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 WRITE=0
 for arg in "$@"; do
@@ -63,19 +65,12 @@ done
 # safe from another build replacing target/release/kvs-server mid-run).
 if [ -z "${KVS_SERVER:-}" ]; then
     log "building the release kvs-server"
-    cargo build --release --quiet --bin kvs-server
-    TARGET_DIR=$(cargo metadata --format-version 1 --no-deps |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-    KVS_SERVER=$TARGET_DIR/release/kvs-server
+    KVS_SERVER=$(release_dir kvs-server)/kvs-server
 fi
 export KVS_SERVER
 
 WORK=$(mktemp -d -t kvs-compare-resp.XXXXXX)
 STARTED=() # PIDs this script started itself (the single-server setups)
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 # A base port with BASE..BASE+5 free, for a cluster.
 free_base() {
@@ -124,17 +119,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ticks() { # ticks PID...: utime+stime summed, in clock ticks
-    local total=0 pid f
-    for pid in "$@"; do
-        # Fields after the ")" of comm: utime and stime are the 12th and 13th.
-        f=$(sed 's/.*) //' "/proc/$pid/stat")
-        set -- $f
-        total=$((total + ${12} + ${13}))
-    done
-    echo $total
-}
-
 # bench SETUP SERVER PORT "SERVER_PIDS" "PROXY_PID" P TEST
 bench() {
     local setup=$1 server=$2 port=$3 pids=$4 proxy=$5 p=$6 test=$7
@@ -143,16 +127,16 @@ bench() {
     [ "$setup" = proxy ] && [ "$test" = ping ] && run=ping_mbulk
     local s0 p0 t0 s1 p1 t1 load
     load=$(cut -d' ' -f1 /proc/loadavg)
-    s0=$(ticks $pids)
+    s0=$(cpu_ticks $pids)
     p0=0
-    [ -n "$proxy" ] && p0=$(ticks "$proxy")
+    [ -n "$proxy" ] && p0=$(cpu_ticks "$proxy")
     t0=$(date +%s%N)
     redis-benchmark -p "$port" -t "$run" -c 50 -d 100 -r 100000 -n "$N" -P "$p" --csv \
         >"$out.csv" 2>"$out.err" || true
     t1=$(date +%s%N)
-    s1=$(ticks $pids)
+    s1=$(cpu_ticks $pids)
     p1=0
-    [ -n "$proxy" ] && p1=$(ticks "$proxy")
+    [ -n "$proxy" ] && p1=$(cpu_ticks "$proxy")
     python3 - "$setup" "$server" "$p" "$test" "$out" $((s1 - s0)) $((p1 - p0)) \
         $((t1 - t0)) "$HZ" "$N" "$load" >>"$CSV" <<'EOF'
 import csv, sys

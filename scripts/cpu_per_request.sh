@@ -34,6 +34,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 WRITE=0
 for arg in "$@"; do
@@ -66,28 +68,14 @@ for tool in redis-server redis-benchmark redis-cli python3; do
 done
 
 log "building release binaries"
-cargo build --release --quiet --bin kvs-server --bin kvs-bench
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-KVS_SERVER=${KVS_SERVER:-$TARGET_DIR/release/kvs-server}
-KVS_BENCH=${KVS_BENCH:-$TARGET_DIR/release/kvs-bench}
+RELEASE=$(release_dir kvs-server kvs-bench)
+KVS_SERVER=${KVS_SERVER:-$RELEASE/kvs-server}
+KVS_BENCH=${KVS_BENCH:-$RELEASE/kvs-bench}
 COMMIT=$(git rev-parse --short HEAD)
 
 WORK=$(mktemp -d -t kvs-cpu.XXXXXX)
 KVS_PID=
 REDIS_PID=
-
-stop_pid() { # stop_pid PID: SIGTERM, wait (bounded), then SIGKILL
-    local pid=$1
-    [ -n "$pid" ] || return 0
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 
 stop_servers() {
     stop_pid "$KVS_PID"
@@ -101,22 +89,6 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-wait_port() { # wait_port PORT PID
-    for _ in $(seq 200); do
-        kill -0 "$2" 2>/dev/null || { echo "server $2 exited at start" >&2; exit 1; }
-        if redis-cli -p "$1" ping >/dev/null 2>&1; then
-            return 0
-        fi
-        sleep 0.05
-    done
-    echo "server on port $1 did not start" >&2
-    exit 1
-}
 
 start_servers() { # start_servers PAIR
     local pair=$1
@@ -138,10 +110,6 @@ start_servers() { # start_servers PAIR
         "${persist[@]}" --save '' --daemonize no --logfile "$WORK/redis-$pair.log" &
     REDIS_PID=$!
     wait_port "$REDIS_PORT" "$REDIS_PID"
-}
-
-cpu_ticks() { # utime + stime of every thread of PID, in clock ticks
-    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
 }
 
 commands() { # total_commands_processed of the server on PORT
