@@ -305,7 +305,11 @@ fn a_read_only_directory_serves_reads_and_refuses_writes_by_name() {
 fn startup_io_errors_name_the_file_and_the_operation() {
     let dir = TempDir::new().unwrap();
     fill(dir.path(), 10);
-    let odd = dir.path().join("00000000000000000099.log");
+    // The id after the newest (the manifest accepts that one: a rotation
+    // that stopped before recording it), so opening the file is what fails.
+    let newest = segments(dir.path()).len();
+    assert_eq!(newest, 1);
+    let odd = dir.path().join("00000000000000000002.log");
     fs::create_dir(&odd).unwrap();
     let msg = KvStore::open_with(dir.path(), opts())
         .err()
@@ -350,4 +354,111 @@ fn a_compactor_panic_is_counted_and_does_not_stop_later_compactions() {
         assert_eq!(s.stats().compaction_failures, round);
     }
     assert_eq!(s.get("k".into()).unwrap().as_deref(), Some("v"));
+}
+
+/// A copy of the data files of `from` (not its lock) in a new directory.
+fn copy_store(from: &Path) -> TempDir {
+    let to = TempDir::new().unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().is_some_and(|n| n != "LOCK") {
+            fs::copy(&p, to.path().join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    to
+}
+
+/// A whole segment deleted (the oldest, one in the middle, the newest) is
+/// refused on open with an error naming it: the manifest lists every live
+/// segment. Before it, the keys of a deleted sealed segment were silently
+/// gone (issue 10, finding 4).
+#[test]
+fn a_deleted_segment_is_refused_by_name() {
+    let dir = TempDir::new().unwrap();
+    fill(dir.path(), 200);
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 3, "several segments");
+    for victim in [&segs[0], &segs[segs.len() / 2], &segs[segs.len() - 1]] {
+        let copy = copy_store(dir.path());
+        let name = victim.file_name().unwrap();
+        fs::remove_file(copy.path().join(name)).unwrap();
+        let msg = KvStore::open_with(copy.path(), opts())
+            .err()
+            .unwrap_or_else(|| panic!("opened without {name:?}"))
+            .to_string();
+        assert!(msg.contains(name.to_str().unwrap()), "{msg}");
+        assert!(msg.contains("missing"), "{msg}");
+    }
+    // The untouched store still opens whole.
+    let s = KvStore::open_with(dir.path(), opts()).unwrap();
+    assert_eq!(s.len(), 200);
+}
+
+/// A store written before kvs kept a manifest opens, gets one, and is
+/// checked from then on; a damaged manifest is refused by name.
+#[test]
+fn a_store_without_a_manifest_gets_one_and_a_damaged_one_is_refused() {
+    let dir = TempDir::new().unwrap();
+    fill(dir.path(), 200);
+    let manifest = dir.path().join("MANIFEST");
+    fs::remove_file(&manifest).unwrap();
+    drop(KvStore::open_with(dir.path(), opts()).unwrap());
+    assert!(manifest.exists(), "open wrote a manifest");
+
+    let copy = copy_store(dir.path());
+    let segs = segments(copy.path());
+    fs::remove_file(&segs[1]).unwrap();
+    let msg = KvStore::open_with(copy.path(), opts())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        msg.contains(segs[1].file_name().unwrap().to_str().unwrap()),
+        "{msg}"
+    );
+
+    let mut bytes = fs::read(&manifest).unwrap();
+    bytes[8] ^= 1;
+    fs::write(&manifest, &bytes).unwrap();
+    let msg = KvStore::open_with(dir.path(), opts())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(msg.contains("MANIFEST"), "{msg}");
+    assert!(msg.contains("checksum"), "{msg}");
+}
+
+/// After a compaction and a clear the manifest follows the live segments:
+/// reopening finds nothing missing, and a segment deleted afterwards is
+/// still caught.
+#[test]
+fn the_manifest_follows_compaction_and_clear() {
+    let dir = TempDir::new().unwrap();
+    fill(dir.path(), 200);
+    {
+        let s = KvStore::open_with(dir.path(), opts()).unwrap();
+        for i in 0..100 {
+            s.set(format!("k{i}"), "again".to_string()).unwrap();
+        }
+        s.compact().unwrap();
+        for i in 200..300 {
+            s.set(format!("k{i}"), format!("value-{i}")).unwrap();
+        }
+    }
+    let s = KvStore::open_with(dir.path(), opts()).unwrap();
+    assert_eq!(s.len(), 300);
+    assert_eq!(s.get("k5".into()).unwrap().as_deref(), Some("again"));
+    s.clear().unwrap();
+    s.set("after".into(), "clear".into()).unwrap();
+    drop(s);
+    let s = KvStore::open_with(dir.path(), opts()).unwrap();
+    assert_eq!(s.len(), 1);
+    for i in 0..300 {
+        s.set(format!("n{i}"), format!("value-{i}")).unwrap();
+    }
+    drop(s);
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 3, "{segs:?}");
+    fs::remove_file(&segs[1]).unwrap();
+    assert!(KvStore::open_with(dir.path(), opts()).is_err());
 }

@@ -128,6 +128,19 @@ fn delete_oldest_first(
     fail_point: FailPoint,
 ) -> Result<u64> {
     core.retired_below.fetch_max(below, Ordering::AcqRel);
+    {
+        // NOTE: the manifest moves its low end first: what is below it is
+        // dead from then on, so a crash between two deletions leaves
+        // leftovers that open deletes, not a missing segment.
+        let mut w = core.lock_writer();
+        if w.manifest.low < below {
+            let mut listed = w.manifest.clone();
+            listed.low = below;
+            listed.gaps.retain(|&g| g > below);
+            listed.write(&core.dir)?;
+            w.manifest = listed;
+        }
+    }
     let mut freed = 0;
     for (i, &id) in ids.iter().enumerate() {
         if i == 1 {

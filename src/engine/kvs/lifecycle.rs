@@ -139,6 +139,7 @@ impl KvStore {
             crc: crc32fast::Hasher::new_with_initial(rec.crc),
             sealed: rec.sealed,
             read_only: rec.read_only,
+            manifest: rec.manifest,
         };
         let (compact_tx, compact_rx) = mpsc::channel();
         let core = Arc::new(Core {

@@ -5,7 +5,7 @@
 //! writer lock), `lifecycle` (open and close), `api` (the public methods),
 //! `background` (compaction, clear retirement, expiry sweep, every-second
 //! sync); below them `record`, `segment`, `reader`, `writer`, `index`,
-//! `recovery` and `compaction`.
+//! `manifest`, `recovery` and `compaction`.
 
 mod api;
 mod background;
@@ -13,6 +13,7 @@ mod compaction;
 mod hint;
 mod index;
 mod lifecycle;
+mod manifest;
 mod options;
 mod reader;
 pub mod record;

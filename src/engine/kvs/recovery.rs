@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::hint;
 use super::index::{self, Index, Loc, Slot, now_ms};
+use super::manifest::Manifest;
 use super::record::{self, Kind, SEGMENT_HEADER_LEN};
 use super::scan::{self, ScanEnd};
 use super::segment::{self, SegmentId};
@@ -41,6 +42,25 @@ pub struct Recovered {
     pub sealed: bool,
     /// Why the store can only be read (its files are not writable).
     pub read_only: Option<String>,
+    /// The live segments, as written to the manifest.
+    pub manifest: Manifest,
+}
+
+/// Deletes segments (and their hints) that the manifest says are dead:
+/// left by a compaction or a clear that stopped before deleting all its
+/// inputs. Best effort: they are never read again, and a failure (a
+/// read-only store) only leaves them taking space.
+fn remove_dead(dir: &Path, dead: &[SegmentId]) {
+    for &id in dead {
+        let p = segment::path(dir, id);
+        tracing::info!(file = %p.display(), "deleting a segment the manifest lists as retired");
+        if hint::remove(dir, id).is_err() || std::fs::remove_file(&p).is_err() {
+            return;
+        }
+    }
+    if !dead.is_empty() {
+        let _ = segment::sync_dir(dir);
+    }
 }
 
 /// The last record of each key in one segment, sorted by key.
@@ -59,11 +79,20 @@ struct Scanned {
 /// Scans every segment of `dir` into `index` (which must be empty). See
 /// "Recovery" in `docs/design.md`.
 pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered> {
-    let ids = segment::list_and_clean(dir)?;
+    let mut ids = segment::list_and_clean(dir)?;
+    let listed = Manifest::read(dir)?;
+    if let Some(m) = &listed {
+        let live = m.check(dir, &ids)?;
+        remove_dead(dir, &ids[..ids.len() - live.len()]);
+        ids = live;
+    }
     let Some(&newest) = ids.last() else {
         let need = SEGMENT_HEADER_LEN + record::SEAL_RECORD_LEN;
         let file = segment::create(dir, 1, segment_size, need)?;
+        let manifest = Manifest::of(&[1]);
+        manifest.write(dir)?;
         return Ok(Recovered {
+            manifest,
             active: 1,
             file,
             pos: SEGMENT_HEADER_LEN,
@@ -190,7 +219,15 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
     if !newest_sealed && read_only.is_none() {
         reserve_newest(dir, &p, &file, segment_size, newest_len)?;
     }
+    let manifest = Manifest::of(&ids);
+    if read_only.is_none() && listed.as_ref() != Some(&manifest) {
+        if listed.is_none() {
+            tracing::info!(dir = %dir.display(), segments = ids.len(), "writing the manifest of a store that had none");
+        }
+        manifest.write(dir)?;
+    }
     Ok(Recovered {
+        manifest,
         active: newest,
         file,
         pos: newest_len,

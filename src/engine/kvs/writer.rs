@@ -6,6 +6,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use memmap2::{MmapOptions, MmapRaw};
 
+use super::manifest::Manifest;
 use super::record::{self, SEAL_RECORD_LEN, SEGMENT_HEADER_LEN};
 use super::segment::{self, SegmentId};
 use crate::Result;
@@ -58,6 +59,8 @@ pub struct Writer {
     pub sealed: bool,
     /// Why nothing can be written (the files are not writable), if so.
     pub read_only: Option<String>,
+    /// The live segments as the manifest on disk lists them.
+    pub manifest: Manifest,
 }
 
 impl Writer {
@@ -190,6 +193,21 @@ impl Writer {
                 });
             }
         };
+        // NOTE: the manifest records the new segment after it exists and
+        // before anything is written to it, so on open a segment missing
+        // from the listed range is a lost one, and one past it is an empty
+        // segment from a rotation that stopped here.
+        let mut listed = self.manifest.clone();
+        listed.gaps.extend(self.active + 1..new_id);
+        listed.high = new_id;
+        if let Err(e) = listed.write(dir) {
+            drop(map);
+            drop(file);
+            let _ = std::fs::remove_file(&p);
+            let _ = segment::sync_dir(dir);
+            return Err(e);
+        }
+        self.manifest = listed;
         self.map = Some(map);
         self.file = Arc::new(file);
         self.active = new_id;
