@@ -164,7 +164,7 @@ fn noeviction_refuses_writes_over_the_bound_and_keeps_every_key() {
         err.to_string(),
         "out of memory: command not allowed when used memory > 'maxmemory'."
     );
-    let per = charge(&stored[0], &"x".repeat(100));
+    let per = charge(stored.last().unwrap(), &"x".repeat(100));
     assert!(stored.len() as u64 >= max / per - 1, "{}", stored.len());
     // Growing an existing key is refused too; shrinking one is allowed.
     assert!(matches!(

@@ -37,26 +37,7 @@ pub fn spawn(store: Weak<Store>) -> std::io::Result<JoinHandle<()>> {
 
 /// Removes keys due at `now`; returns how many.
 pub fn sweep(store: &Store, now: u64) -> usize {
-    let mut removed = 0;
-    for i in 0..store.stripe_count() {
-        let mut stripe = store.lock_index(i);
-        for _ in 0..PER_STRIPE {
-            let Some((&(deadline, addr), item)) = stripe.expiry.first_key_value() else {
-                break;
-            };
-            if deadline > now {
-                break;
-            }
-            let item = item.clone();
-            if store.expire_locked(&mut stripe, &item, now) {
-                removed += 1;
-            } else {
-                // The index is exact (entries leave it with their item),
-                // so this is unreachable; dropping the entry keeps the
-                // loop finite whatever happens.
-                stripe.expiry.remove(&(deadline, addr));
-            }
-        }
-    }
-    removed
+    (0..store.stripe_count())
+        .map(|i| store.sweep_stripe(i, now, PER_STRIPE))
+        .sum()
 }

@@ -1,15 +1,17 @@
 //! An engine that keeps everything in memory: the cache-only case.
 //!
-//! - [`item`]: one key, its value and expiry, and the policy bits.
-//! - [`store`]: the ordered index, the striped write locks (each with the
-//!   expiry index of its keys) and the byte accounting.
+//! - [`item`]: one key, its value and expiry, and the policy bits, in one
+//!   allocation.
+//! - [`store`]: the stripes (each a hash table, an ordered set and an
+//!   expiry index behind one lock) and the byte accounting.
 //! - [`expiry`]: the background thread that removes expired keys.
 //! - [`policy`]: what to evict at the memory bound (SIEVE, S3-FIFO, LRU).
 //! - [`size`]: parsing `--max-memory` sizes.
 //!
-//! Reads take no lock but the entry's own; every write to a key runs under
-//! the key's stripe lock, so [`update`](KvsEngine::update) is an atomic
-//! read-modify-write and the accounting is exact.
+//! Every read and write of a key runs under the key's stripe lock (held for
+//! a hash probe and a copy), so [`update`](KvsEngine::update) is an atomic
+//! read-modify-write, an overwrite is never seen half done, and the
+//! accounting is exact.
 
 mod expiry;
 mod item;
@@ -17,13 +19,11 @@ mod policy;
 mod size;
 mod store;
 
-use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::engine::{EngineStats, Entry, NO_EXPIRY, Update, expired_at, now_ms};
 use crate::{KvsEngine, KvsError, Result};
-use item::Body;
 pub use item::{ENTRY_OVERHEAD, EXPIRY_OVERHEAD};
 pub use policy::EvictionPolicy;
 pub use size::parse_size;
@@ -40,7 +40,8 @@ pub struct MemoryOptions {
     pub eviction: EvictionPolicy,
 }
 
-/// A [`KvsEngine`] on a concurrent skip list, with nothing on disk.
+/// A [`KvsEngine`] on striped hash tables with ordered sets beside them,
+/// with nothing on disk.
 ///
 /// Clones share the store; a background thread removes expired keys and
 /// stops after the last clone is dropped.
@@ -71,27 +72,6 @@ impl MemoryEngine {
         }
         MemoryEngine { store }
     }
-
-    /// The live entry of an item, or `None` (and the item reclaimed) when it
-    /// has expired.
-    fn live(&self, item: &Arc<item::Item>) -> Option<Entry> {
-        let body = item.body();
-        if body.expires_at != NO_EXPIRY {
-            let now = now_ms();
-            if expired_at(body.expires_at, now) {
-                drop(body);
-                self.store.expire(item, now);
-                return None;
-            }
-        }
-        let entry = Entry {
-            value: body.value.to_string(),
-            expires_at: body.expires_at,
-        };
-        drop(body);
-        self.store.policy.touch(item);
-        Some(entry)
-    }
 }
 
 impl KvsEngine for MemoryEngine {
@@ -116,105 +96,72 @@ impl KvsEngine for MemoryEngine {
     }
 
     fn set_expiring(&self, key: String, value: String, expires_at: u64) -> Result<()> {
-        let mut stripe = self.store.lock(&key);
-        if let Some(item) = self.store.lookup(&key) {
-            let now = now_ms();
-            if expired_at(expires_at, now) {
-                // Redis: a SET with a deadline already past deletes the key.
-                self.store.remove_locked(&mut stripe, &item);
-                return Ok(());
-            }
-            self.store.expire_locked(&mut stripe, &item, now);
-        } else if expired_at(expires_at, now_ms()) {
+        let mut locked = self.store.lock(&key);
+        if expires_at != NO_EXPIRY && expired_at(expires_at, now_ms()) {
+            // Redis: a SET with a deadline already past deletes the key.
+            self.store.remove_locked(&mut locked, &key);
             return Ok(());
         }
-        let body = Body {
-            value: value.into_boxed_str(),
-            expires_at,
-        };
-        self.store.write_locked(&mut stripe, key, body)?;
-        drop(stripe);
+        self.store
+            .write_locked(&mut locked, &key, &value, expires_at)?;
+        drop(locked);
         self.store.evict_to_bound();
         Ok(())
     }
 
     fn get_entry(&self, key: &str) -> Result<Option<Entry>> {
-        let Some(entry) = self.store.map.get(key) else {
+        let mut locked = self.store.lock(key);
+        let Some(view) = locked.view(key) else {
             return Ok(None);
         };
-        Ok(self.live(&entry.key().0))
+        if view.expires_at != NO_EXPIRY {
+            let now = now_ms();
+            if expired_at(view.expires_at, now) {
+                self.store.expire_locked(&mut locked, key, now);
+                return Ok(None);
+            }
+        }
+        self.store.policy.touch(view.item);
+        Ok(Some(Entry {
+            value: view.value.to_owned(),
+            expires_at: view.expires_at,
+        }))
     }
 
     fn update<R>(&self, key: String, f: impl FnOnce(Option<Entry>) -> (Update, R)) -> Result<R> {
-        let mut stripe = self.store.lock(&key);
+        let mut locked = self.store.lock(&key);
         let now = now_ms();
-        let mut current = self.store.lookup(&key);
-        if let Some(item) = &current
-            && self.store.expire_locked(&mut stripe, item, now)
-        {
-            current = None;
-        }
-        let live = current.as_ref().map(|item| {
-            let body = item.body();
-            Entry {
-                value: body.value.to_string(),
-                expires_at: body.expires_at,
-            }
+        self.store.expire_locked(&mut locked, &key, now);
+        let live = locked.view(&key).map(|view| Entry {
+            value: view.value.to_owned(),
+            expires_at: view.expires_at,
         });
         let (update, result) = f(live);
         match update {
             Update::Keep => {}
             Update::Put(entry) => {
-                if let Some(item) = &current
-                    && expired_at(entry.expires_at, now)
-                {
-                    self.store.remove_locked(&mut stripe, item);
-                } else if !expired_at(entry.expires_at, now) {
-                    let body = Body {
-                        value: entry.value.into_boxed_str(),
-                        expires_at: entry.expires_at,
-                    };
-                    self.store.write_locked(&mut stripe, key, body)?;
+                if expired_at(entry.expires_at, now) {
+                    self.store.remove_locked(&mut locked, &key);
+                } else {
+                    self.store
+                        .write_locked(&mut locked, &key, &entry.value, entry.expires_at)?;
                 }
             }
             Update::Remove => {
-                if let Some(item) = &current {
-                    self.store.remove_locked(&mut stripe, item);
-                }
+                self.store.remove_locked(&mut locked, &key);
             }
         }
-        drop(stripe);
+        drop(locked);
         self.store.evict_to_bound();
         Ok(result)
     }
 
     fn scan(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
-        let mut keys = Vec::new();
-        if limit == 0 {
-            return Ok(keys);
-        }
-        // NOTE: lower_bound + next, never SkipMap::range (it leaks the
-        // nodes it visits in crossbeam-skiplist 0.1.3).
-        let mut cur = match after {
-            Some(after) => self.store.map.lower_bound(Bound::Excluded(after)),
-            None => self.store.map.front(),
-        };
-        let now = now_ms();
-        while let Some(e) = cur {
-            let item = &e.key().0;
-            if !expired_at(item.body().expires_at, now) {
-                keys.push(item.key().to_owned());
-                if keys.len() == limit {
-                    break;
-                }
-            }
-            cur = e.next();
-        }
-        Ok(keys)
+        Ok(self.store.scan(after, limit, now_ms()))
     }
 
     fn len(&self) -> u64 {
-        self.store.map.len() as u64
+        self.store.len()
     }
 
     fn clear(&self) -> Result<()> {

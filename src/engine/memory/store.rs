@@ -1,18 +1,27 @@
 //! The shared state behind every clone of a [`MemoryEngine`](super::MemoryEngine):
-//! the index, the per-key write locks with their expiry indexes, and the
-//! byte accounting. Every change to the index goes through here, under the
-//! key's stripe lock, so the accounting is exact.
+//! the keys in stripes, each stripe behind one lock, and the byte
+//! accounting.
+//!
+//! A stripe holds a hash table of its items (point reads and writes: one
+//! hash, one probe, one key comparison), an ordered set of the same items
+//! (for scans, merged across stripes) and the expiry index of those with a
+//! deadline. Every read and write of a key runs under its stripe's lock,
+//! so an overwrite is never seen half done, [`update`](crate::KvsEngine::update)
+//! is an atomic read-modify-write and the accounting is exact.
 
-use std::collections::BTreeMap;
-use std::hash::{BuildHasher, RandomState};
+use std::borrow::Borrow;
+use std::cmp::{Ordering as CmpOrdering, Reverse};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::hash::BuildHasher;
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
-use crossbeam_skiplist::SkipMap;
+use hashbrown::{DefaultHashBuilder, HashTable};
 
-use super::item::{Body, Item, Key};
+use super::item::{ItemRef, MAX_LEN, charge};
 use super::policy::{EvictionPolicy, Policy};
-use crate::engine::{NO_EXPIRY, expired_at};
+use crate::engine::{NO_EXPIRY, expired_at, now_ms};
 use crate::{KvsError, Result};
 
 /// Redis's text for a write refused under `noeviction` (RESP answers
@@ -20,26 +29,95 @@ use crate::{KvsError, Result};
 /// memory engine returns.
 pub const OOM_MESSAGE: &str = "command not allowed when used memory > 'maxmemory'.";
 
-/// Stripes of write locks. Enough that writers of different keys rarely
-/// share one, few enough that `clear` can take them all.
-const STRIPES: usize = 256;
+/// Stripes. Enough that threads working on different keys rarely share
+/// one; few enough that a scan, which visits each stripe's ordered set,
+/// stays cheap, and that `clear` can take them all.
+const STRIPES: usize = 64;
 
-/// What one stripe lock guards besides the writes of its keys: the keys of
-/// the stripe that have an expiry, by deadline.
-#[derive(Default)]
-pub struct Stripe {
-    /// `(expires_at, item address)` to the item: the address makes equal
-    /// deadlines distinct and is unique while the item is indexed.
-    pub expiry: BTreeMap<(u64, usize), Arc<Item>>,
+/// An item in a stripe's ordered set, ordered and looked up by its key.
+struct ByKey(ItemRef);
+
+impl Borrow<str> for ByKey {
+    fn borrow(&self) -> &str {
+        self.0.key()
+    }
 }
 
-/// The index, locks and counters.
+impl PartialEq for ByKey {
+    fn eq(&self, other: &ByKey) -> bool {
+        self.0.key() == other.0.key()
+    }
+}
+
+impl Eq for ByKey {}
+
+impl PartialOrd for ByKey {
+    fn partial_cmp(&self, other: &ByKey) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByKey {
+    fn cmp(&self, other: &ByKey) -> CmpOrdering {
+        self.0.key().cmp(other.0.key())
+    }
+}
+
+/// One stripe: its keys three ways. An item is in `table` and `order`
+/// exactly when it is indexed, and in `expiry` exactly when it is indexed
+/// with a deadline; all three change together under the stripe lock.
+#[derive(Default)]
+pub struct Stripe {
+    table: HashTable<ItemRef>,
+    order: BTreeSet<ByKey>,
+    /// `(expires_at, item address)` to the item: the address makes equal
+    /// deadlines distinct and is unique while the item is indexed.
+    expiry: BTreeMap<(u64, usize), ItemRef>,
+}
+
+/// A stripe locked for one key, with that key's hash.
+pub struct Locked<'a> {
+    stripe: MutexGuard<'a, Stripe>,
+    hash: u64,
+}
+
+/// A key's live-or-expired entry as seen under its stripe lock.
+pub struct View<'l> {
+    /// The item.
+    pub item: &'l ItemRef,
+    /// Its value.
+    pub value: &'l str,
+    /// Its expiry.
+    pub expires_at: u64,
+}
+
+impl Locked<'_> {
+    /// The entry of `key` (which must be the key this stripe was locked
+    /// for), live or expired.
+    pub fn view(&self, key: &str) -> Option<View<'_>> {
+        let item = self.stripe.table.find(self.hash, |i| i.key() == key)?;
+        // SAFETY: the item is in this stripe's table and the guard borrowed
+        // for the view's lifetime holds the stripe lock.
+        let (value, expires_at) = unsafe { (item.value(), item.expires_at()) };
+        Some(View {
+            item,
+            value,
+            expires_at,
+        })
+    }
+}
+
+/// Padding so that two stripe locks never share a cache line.
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded(Mutex<Stripe>);
+
+/// The stripes and counters.
 pub struct Store {
-    /// Every key, ordered; the map's key is the item itself.
-    pub map: SkipMap<Key, ()>,
-    stripes: Box<[Mutex<Stripe>]>,
-    hasher: RandomState,
-    /// Bytes accounted for all entries ([`Body::charge`]).
+    stripes: Box<[Padded]>,
+    hasher: DefaultHashBuilder,
+    keys: AtomicU64,
+    /// Bytes accounted for all entries ([`charge`]).
     pub used: AtomicU64,
     /// Keys removed because they expired.
     pub expired: AtomicU64,
@@ -57,17 +135,21 @@ impl Default for Store {
     }
 }
 
-fn address(item: &Arc<Item>) -> usize {
-    Arc::as_ptr(item) as usize
+/// Why an item leaves the index, for the counters and the policy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Why {
+    Removed,
+    Expired,
+    Evicted,
 }
 
 impl Store {
     /// An empty store bounded to `max_memory` bytes (0: unbounded).
     pub fn new(max_memory: u64, eviction: EvictionPolicy) -> Store {
         Store {
-            map: SkipMap::new(),
-            stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
-            hasher: RandomState::new(),
+            stripes: (0..STRIPES).map(|_| Padded::default()).collect(),
+            hasher: DefaultHashBuilder::default(),
+            keys: AtomicU64::new(0),
             used: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
@@ -76,17 +158,24 @@ impl Store {
         }
     }
 
-    /// Locks the stripe of `key`. Every write to a key happens under it.
-    /// No code holds two stripe locks except [`lock_all`](Self::lock_all),
-    /// which takes them in order, so there is no deadlock.
-    pub fn lock(&self, key: &str) -> MutexGuard<'_, Stripe> {
-        let i = (self.hasher.hash_one(key) as usize) % STRIPES;
-        lock(&self.stripes[i])
+    /// Locks the stripe of `key`. Every read and write of a key happens
+    /// under it. No code holds two stripe locks except
+    /// [`lock_all`](Self::lock_all), which takes them in order, so there is
+    /// no deadlock.
+    pub fn lock(&self, key: &str) -> Locked<'_> {
+        let hash = self.hasher.hash_one(key);
+        // The table uses the low bits and the top seven; the stripe takes
+        // bits from the middle, so keys of one stripe still spread.
+        let i = (hash >> 32) as usize % STRIPES;
+        Locked {
+            stripe: lock(&self.stripes[i].0),
+            hash,
+        }
     }
 
     /// Every stripe lock, in order.
     pub fn lock_all(&self) -> Vec<MutexGuard<'_, Stripe>> {
-        self.stripes.iter().map(lock).collect()
+        self.stripes.iter().map(|s| lock(&s.0)).collect()
     }
 
     /// The number of stripes, for the expiry sweep.
@@ -96,54 +185,86 @@ impl Store {
 
     /// Locks stripe `i` (the expiry sweep walks them one by one).
     pub fn lock_index(&self, i: usize) -> MutexGuard<'_, Stripe> {
-        lock(&self.stripes[i])
+        lock(&self.stripes[i].0)
     }
 
-    /// The item indexed under `key`, live or expired.
-    pub fn lookup(&self, key: &str) -> Option<Arc<Item>> {
-        self.map.get(key).map(|e| e.key().0.clone())
+    /// Keys held, expired ones not yet reclaimed included.
+    pub fn len(&self) -> u64 {
+        self.keys.load(Ordering::Relaxed)
     }
 
-    /// Writes `body` to `key`, in place when the key exists. The caller
-    /// holds the key's stripe lock (`stripe`), and calls
-    /// [`evict_to_bound`](Self::evict_to_bound) after releasing it.
+    /// Writes `value` and `expires_at` to `key` (the key `locked` was
+    /// taken for), in place when the key exists and the value fits. The
+    /// caller calls [`evict_to_bound`](Self::evict_to_bound) after
+    /// releasing the lock.
     ///
     /// Under `noeviction` a write that would take the total over the bound
     /// is refused with [`KvsError::OutOfMemory`] and changes nothing; under
     /// every policy an entry larger than the whole bound is refused.
-    pub fn write_locked(&self, stripe: &mut Stripe, key: String, body: Body) -> Result<()> {
-        let new_charge = body.charge(key.len());
+    pub fn write_locked(
+        &self,
+        locked: &mut Locked<'_>,
+        key: &str,
+        value: &str,
+        expires_at: u64,
+    ) -> Result<()> {
+        if key.len() > MAX_LEN || value.len() > MAX_LEN {
+            return Err(KvsError::InvalidInput(format!(
+                "key or value over {MAX_LEN} bytes"
+            )));
+        }
+        let new_charge = charge(key.len(), value.len(), expires_at);
         if self.max_memory != 0 && new_charge > self.max_memory {
             return Err(KvsError::OutOfMemory(OOM_MESSAGE.to_owned()));
         }
-        match self.lookup(&key) {
-            Some(item) => {
-                let mut old = item.body();
-                let old_charge = old.charge(key.len());
+        let hash = locked.hash;
+        let Stripe {
+            table,
+            order,
+            expiry,
+        } = &mut *locked.stripe;
+        match table.find_mut(hash, |i| i.key() == key) {
+            Some(slot) => {
+                // SAFETY (this block): `slot` is in the stripe whose lock
+                // `locked` holds.
+                let old_expiry = unsafe { slot.expires_at() };
+                let old_charge = unsafe { slot.charge() };
                 self.reserve(old_charge, new_charge)?;
-                if old.expires_at != NO_EXPIRY {
-                    stripe.expiry.remove(&(old.expires_at, address(&item)));
+                if old_expiry != NO_EXPIRY {
+                    expiry.remove(&(old_expiry, slot.address()));
+                    if expired_at(old_expiry, now_ms()) {
+                        // The old entry had expired: it counts as expired,
+                        // as when a read had found it first.
+                        self.expired.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-                if body.expires_at != NO_EXPIRY {
-                    stripe
-                        .expiry
-                        .insert((body.expires_at, address(&item)), item.clone());
+                if slot.fits(value.len()) {
+                    unsafe { slot.overwrite(value, expires_at) };
+                    self.policy.touch(slot);
+                } else {
+                    let item = ItemRef::new(key, value, expires_at);
+                    item.meta
+                        .store(slot.meta.load(Ordering::Relaxed), Ordering::Relaxed);
+                    let old = std::mem::replace(slot, item.clone());
+                    order.replace(ByKey(item.clone()));
+                    old.removed.store(true, Ordering::Relaxed);
+                    self.policy.removed(old_charge, false);
+                    self.policy.insert(&item, new_charge, self.len());
                 }
-                *old = body;
-                drop(old);
-                self.policy.touch(&item);
+                if expires_at != NO_EXPIRY {
+                    expiry.insert((expires_at, slot.address()), slot.clone());
+                }
             }
             None => {
                 self.reserve(0, new_charge)?;
-                let expires_at = body.expires_at;
-                let item = Item::new(key, body);
+                let item = ItemRef::new(key, value, expires_at);
                 if expires_at != NO_EXPIRY {
-                    stripe
-                        .expiry
-                        .insert((expires_at, address(&item)), item.clone());
+                    expiry.insert((expires_at, item.address()), item.clone());
                 }
-                self.map.insert(Key(item.clone()), ());
-                self.policy.insert(&item, new_charge, self.map.len());
+                order.insert(ByKey(item.clone()));
+                table.insert_unique(hash, item.clone(), |i| self.hasher.hash_one(i.key()));
+                let live = self.keys.fetch_add(1, Ordering::Relaxed) + 1;
+                self.policy.insert(&item, new_charge, live);
             }
         }
         Ok(())
@@ -184,62 +305,165 @@ impl Store {
             let Some(victim) = self.policy.victim() else {
                 return;
             };
-            let mut stripe = self.lock(victim.key());
-            let current = self.lookup(victim.key());
-            if current.is_some_and(|c| Arc::ptr_eq(&c, &victim)) {
-                self.remove_locked(&mut stripe, &victim);
-                self.evicted.fetch_add(1, Ordering::Relaxed);
+            let mut locked = self.lock(victim.key());
+            let current = locked.view(victim.key());
+            if current.is_some_and(|c| ItemRef::ptr_eq(c.item, &victim)) {
+                self.remove_locked_as(&mut locked, victim.key(), Why::Evicted);
             }
         }
     }
 
-    /// Removes `item`, which the caller found indexed under its key while
-    /// holding the key's stripe lock (`stripe`).
-    pub fn remove_locked(&self, stripe: &mut Stripe, item: &Arc<Item>) {
-        let body = item.body();
-        if body.expires_at != NO_EXPIRY {
-            stripe.expiry.remove(&(body.expires_at, address(item)));
+    /// Removes `key` (the key `locked` was taken for); whether it was
+    /// there, live or expired.
+    pub fn remove_locked(&self, locked: &mut Locked<'_>, key: &str) -> bool {
+        self.remove_locked_as(locked, key, Why::Removed)
+    }
+
+    fn remove_locked_as(&self, locked: &mut Locked<'_>, key: &str, why: Why) -> bool {
+        let hash = locked.hash;
+        let Stripe {
+            table,
+            order,
+            expiry,
+        } = &mut *locked.stripe;
+        let Ok(entry) = table.find_entry(hash, |i| i.key() == key) else {
+            return false;
+        };
+        let (item, _) = entry.remove();
+        // SAFETY: the item was in this stripe, whose lock `locked` holds.
+        let (expires_at, charge) = unsafe { (item.expires_at(), item.charge()) };
+        if expires_at != NO_EXPIRY {
+            expiry.remove(&(expires_at, item.address()));
         }
-        let charge = body.charge(item.key().len());
-        drop(body);
+        order.remove(key);
         item.removed.store(true, Ordering::Relaxed);
-        self.map.remove(item.key());
+        self.keys.fetch_sub(1, Ordering::Relaxed);
         self.used.fetch_sub(charge, Ordering::Relaxed);
-    }
-
-    /// Removes `item` if it is still indexed and expired at `now`, counting
-    /// it as expired. Takes the stripe lock.
-    pub fn expire(&self, item: &Arc<Item>, now: u64) {
-        let mut stripe = self.lock(item.key());
-        self.expire_locked(&mut stripe, item, now);
-    }
-
-    /// [`expire`](Self::expire) under the stripe lock; whether it removed
-    /// the item.
-    pub fn expire_locked(&self, stripe: &mut Stripe, item: &Arc<Item>, now: u64) -> bool {
-        let current = self.lookup(item.key());
-        let same = current.is_some_and(|c| Arc::ptr_eq(&c, item));
-        if same && expired_at(item.body().expires_at, now) {
-            self.remove_locked(stripe, item);
-            self.expired.fetch_add(1, Ordering::Relaxed);
-            true
-        } else {
-            false
+        match why {
+            Why::Removed => {}
+            Why::Expired => {
+                self.expired.fetch_add(1, Ordering::Relaxed);
+            }
+            Why::Evicted => {
+                self.evicted.fetch_add(1, Ordering::Relaxed);
+            }
         }
+        self.policy.removed(charge, why == Why::Evicted);
+        true
+    }
+
+    /// Removes `key` if it is indexed and expired at `now`, counting it as
+    /// expired; whether it did.
+    pub fn expire_locked(&self, locked: &mut Locked<'_>, key: &str, now: u64) -> bool {
+        let due = locked
+            .view(key)
+            .is_some_and(|v| expired_at(v.expires_at, now));
+        due && self.remove_locked_as(locked, key, Why::Expired)
+    }
+
+    /// Removes from stripe `i` up to `max` keys due at `now`; how many.
+    pub fn sweep_stripe(&self, i: usize, now: u64, max: usize) -> usize {
+        let mut locked = Locked {
+            stripe: self.lock_index(i),
+            hash: 0,
+        };
+        let mut removed = 0;
+        while removed < max {
+            let Some((&(deadline, _), item)) = locked.stripe.expiry.first_key_value() else {
+                break;
+            };
+            if deadline > now {
+                break;
+            }
+            let item = item.clone();
+            locked.hash = self.hasher.hash_one(item.key());
+            // The index is exact (entries leave it with their item), so
+            // this removes the first entry; popping it otherwise keeps the
+            // loop finite whatever happens.
+            if !self.remove_locked_as(&mut locked, item.key(), Why::Expired) {
+                locked.stripe.expiry.pop_first();
+            }
+            removed += 1;
+        }
+        removed
+    }
+
+    /// Up to `limit` keys live at `now`, in ascending order, strictly after
+    /// `after`: the smallest of every stripe's, merged.
+    ///
+    /// Each stripe is read in batches under its lock and resumed after the
+    /// last key it gave, so a key that is indexed throughout the call is
+    /// met exactly when the merge reaches it; the keys returned ascend, so a
+    /// scan resumed after the last key returned sees every key that exists
+    /// throughout exactly once.
+    pub fn scan(&self, after: Option<&str>, limit: usize, now: u64) -> Vec<String> {
+        let mut keys = Vec::new();
+        if limit == 0 {
+            return keys;
+        }
+        // Per stripe, a batch large enough that a page of a few keys per
+        // stripe is read with one lock and one seek each.
+        let batch = (limit / STRIPES).clamp(2, 256) + 1;
+        let mut pending: Vec<std::vec::IntoIter<ItemRef>> = Vec::with_capacity(STRIPES);
+        // Smallest key first: (key, stripe).
+        let mut heads: BinaryHeap<Reverse<(ByKey, usize)>> = BinaryHeap::new();
+        for i in 0..STRIPES {
+            let mut items = self.read_stripe(i, after, batch, now).into_iter();
+            if let Some(first) = items.next() {
+                heads.push(Reverse((ByKey(first), i)));
+            }
+            pending.push(items);
+        }
+        while let Some(Reverse((ByKey(item), i))) = heads.pop() {
+            keys.push(item.key().to_owned());
+            if keys.len() == limit {
+                break;
+            }
+            let next = match pending[i].next() {
+                Some(next) => Some(next),
+                None => {
+                    let mut more = self
+                        .read_stripe(i, Some(item.key()), batch, now)
+                        .into_iter();
+                    let next = more.next();
+                    pending[i] = more;
+                    next
+                }
+            };
+            if let Some(next) = next {
+                heads.push(Reverse((ByKey(next), i)));
+            }
+        }
+        keys
+    }
+
+    /// Up to `n` items of stripe `i` live at `now`, ascending, after `after`.
+    fn read_stripe(&self, i: usize, after: Option<&str>, n: usize, now: u64) -> Vec<ItemRef> {
+        let stripe = self.lock_index(i);
+        let lower = match after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Unbounded,
+        };
+        stripe
+            .order
+            .range::<str, _>((lower, Bound::Unbounded))
+            // SAFETY: the item is in stripe `i`, whose lock is held.
+            .filter(|e| !expired_at(unsafe { e.0.expires_at() }, now))
+            .take(n)
+            .map(|e| e.0.clone())
+            .collect()
     }
 
     /// Removes every key. The caller holds every stripe lock, so no write
     /// runs meanwhile and the accounting returns to zero exactly.
     pub fn clear_locked(&self, stripes: &mut [MutexGuard<'_, Stripe>]) {
-        let mut cur = self.map.front();
-        while let Some(e) = cur {
-            e.key().0.removed.store(true, Ordering::Relaxed);
-            e.remove();
-            cur = e.next();
-        }
         for s in stripes.iter_mut() {
-            s.expiry.clear();
+            for item in s.table.iter() {
+                item.removed.store(true, Ordering::Relaxed);
+            }
+            **s = Stripe::default();
         }
+        self.keys.store(0, Ordering::Relaxed);
         self.used.store(0, Ordering::Relaxed);
         self.policy.clear();
     }

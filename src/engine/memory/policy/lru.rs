@@ -7,11 +7,9 @@
 //! only load it): items read between the same two inserts are equally
 //! recent, which is finer than Redis's one-second clock.
 
+use super::alive;
+use crate::engine::memory::item::{Item, ItemRef};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Weak};
-
-use super::{alive, worth_compacting};
-use crate::engine::memory::item::Item;
 
 /// Entries sampled per eviction (Redis's `maxmemory-samples` default).
 const SAMPLES: usize = 5;
@@ -31,20 +29,31 @@ pub fn touch(item: &Item) {
 
 #[derive(Default)]
 pub struct Lru {
-    entries: Vec<Weak<Item>>,
+    entries: Vec<ItemRef>,
     /// `(clock when sampled, item)`, oldest first.
-    pool: Vec<(u32, Arc<Item>)>,
+    pool: Vec<(u32, ItemRef)>,
     rng: u64,
 }
 
 impl Lru {
-    pub fn insert(&mut self, item: &Arc<Item>, live: usize) {
+    /// Records `item` as just used; the number of handles kept.
+    pub fn insert(&mut self, item: &ItemRef) -> usize {
         let now = CLOCK.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         item.meta.store(now, Ordering::Relaxed);
-        self.entries.push(Arc::downgrade(item));
-        if worth_compacting(self.entries.len(), live) {
-            self.entries.retain(|h| alive(h).is_some());
-        }
+        self.entries.push(item.clone());
+        self.entries.len()
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Drops the handles of removed items (victims included: they stay in
+    /// `entries` until sampled or compacted).
+    pub fn compact(&mut self) {
+        self.entries.retain(alive);
+        self.pool.retain(|(_, item)| alive(item));
     }
 
     fn next_random(&mut self) -> u64 {
@@ -58,7 +67,7 @@ impl Lru {
         self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    pub fn victim(&mut self) -> Option<Arc<Item>> {
+    pub fn victim(&mut self) -> Option<ItemRef> {
         let now = CLOCK.load(Ordering::Relaxed);
         // Age with wrap-around: the clock is a u32 counter.
         let age = |stamp: u32| now.wrapping_sub(stamp);
@@ -68,12 +77,13 @@ impl Lru {
             while sampled < SAMPLES && !self.entries.is_empty() && tries < 4 * SAMPLES {
                 tries += 1;
                 let i = (self.next_random() % self.entries.len() as u64) as usize;
-                let Some(item) = alive(&self.entries[i]) else {
+                if !alive(&self.entries[i]) {
                     self.entries.swap_remove(i);
                     continue;
-                };
+                }
+                let item = self.entries[i].clone();
                 sampled += 1;
-                if self.pool.iter().any(|(_, p)| Arc::ptr_eq(p, &item)) {
+                if self.pool.iter().any(|(_, p)| ItemRef::ptr_eq(p, &item)) {
                     continue;
                 }
                 let stamp = item.meta.load(Ordering::Relaxed);

@@ -1,10 +1,12 @@
 //! Which entry to evict when the memory bound is reached.
 //!
-//! Each policy keeps its own queue of weak handles to the items, behind one
+//! Each policy keeps its own queue of handles to the items, behind one
 //! mutex taken on insert and on eviction only; a read marks its item with
-//! one relaxed atomic store ([`Policy::touch`]) and takes no lock.
-//! Removed items stay in the queues as dead handles until the policy meets
-//! them or compacts its queues.
+//! one relaxed atomic store ([`Policy::touch`]) and takes no other lock.
+//! A removed item stays in the queues as a dead handle until the policy
+//! meets it or compacts its queues; since a handle keeps the whole item
+//! allocated, the queues are compacted once the bytes of dead items reach
+//! a sixteenth of the bound ([`Policy::removed`]).
 //!
 //! - [`sieve`]: SIEVE (Zhang et al., NSDI '24): a FIFO with a visited bit
 //!   and a hand that keeps visited items in place.
@@ -19,10 +21,10 @@ mod sieve;
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
-use super::item::Item;
+use super::item::{Item, ItemRef};
 use crate::{KvsError, Result};
 
 /// What the memory engine does when a write would take it over its bound.
@@ -104,6 +106,10 @@ enum Queues {
 pub struct Policy {
     kind: EvictionPolicy,
     queues: Mutex<Queues>,
+    /// Bytes of removed items whose handles may still be queued.
+    dead: AtomicU64,
+    /// `dead` that triggers a compaction at the next insert.
+    dead_limit: u64,
 }
 
 impl Policy {
@@ -120,6 +126,8 @@ impl Policy {
         Policy {
             kind,
             queues: Mutex::new(queues),
+            dead: AtomicU64::new(0),
+            dead_limit: (max_memory / 16).max(4096),
         }
     }
 
@@ -136,12 +144,39 @@ impl Policy {
 
     /// Records a new item of `charge` bytes; `live` is the number of keys,
     /// to know when dead handles are worth compacting away.
-    pub fn insert(&self, item: &Arc<Item>, charge: u64, live: usize) {
-        match &mut *self.lock() {
-            Queues::None => {}
-            Queues::Lru(q) => q.insert(item, live),
-            Queues::Sieve(q) => q.insert(item, live),
-            Queues::S3Fifo(q) => q.insert(item, charge, live),
+    pub fn insert(&self, item: &ItemRef, charge: u64, live: u64) {
+        let mut queues = self.lock();
+        let len = match &mut *queues {
+            Queues::None => return,
+            Queues::Lru(q) => q.insert(item),
+            Queues::Sieve(q) => q.insert(item),
+            Queues::S3Fifo(q) => q.insert(item, charge),
+        };
+        let dead = self.dead.load(Ordering::Relaxed);
+        if dead > self.dead_limit || worth_compacting(len, live) {
+            // Handles of items removed from here on may survive this pass
+            // (they are counted again); those removed before are gone.
+            self.dead.fetch_sub(dead, Ordering::Relaxed);
+            match &mut *queues {
+                Queues::None => {}
+                Queues::Lru(q) => q.compact(),
+                Queues::Sieve(q) => q.compact(),
+                Queues::S3Fifo(q) => q.compact(),
+            }
+        }
+    }
+
+    /// Records that an item of `charge` bytes left the index: `evicted`
+    /// when it is a victim the queues already gave up (SIEVE and S3-FIFO
+    /// pop their victims; LRU's sample array keeps them until compacted).
+    pub fn removed(&self, charge: u64, evicted: bool) {
+        let queued = match self.kind {
+            EvictionPolicy::NoEviction => false,
+            EvictionPolicy::Lru => true,
+            EvictionPolicy::Sieve | EvictionPolicy::S3Fifo => !evicted,
+        };
+        if queued && self.dead_limit != 0 {
+            self.dead.fetch_add(charge, Ordering::Relaxed);
         }
     }
 
@@ -162,7 +197,7 @@ impl Policy {
 
     /// Takes the next victim out of the queues: a live item the caller
     /// removes, or `None` when there is nothing left to evict.
-    pub fn victim(&self) -> Option<Arc<Item>> {
+    pub fn victim(&self) -> Option<ItemRef> {
         match &mut *self.lock() {
             Queues::None => None,
             Queues::Lru(q) => q.victim(),
@@ -179,18 +214,66 @@ impl Policy {
             Queues::Sieve(q) => *q = sieve::Sieve::default(),
             Queues::S3Fifo(q) => q.clear(),
         }
+        self.dead.store(0, Ordering::Relaxed);
     }
 }
 
 /// Whether a queue of `len` handles over `live` keys holds enough dead ones
 /// to be worth a compaction pass (amortised O(1) per insert).
-fn worth_compacting(len: usize, live: usize) -> bool {
-    len > 2 * live + 1024
+fn worth_compacting(len: usize, live: u64) -> bool {
+    len as u64 > 2 * live + 1024
 }
 
-/// A live item behind a queue handle, or `None` for a dead handle.
-fn alive(handle: &std::sync::Weak<Item>) -> Option<Arc<Item>> {
-    handle
-        .upgrade()
-        .filter(|item| !item.removed.load(Ordering::Relaxed))
+/// Whether a queue handle's item is still indexed.
+fn alive(handle: &ItemRef) -> bool {
+    !handle.removed.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::NO_EXPIRY;
+
+    impl Policy {
+        fn queued(&self) -> usize {
+            match &*self.lock() {
+                Queues::None => 0,
+                Queues::Lru(q) => q.len(),
+                Queues::Sieve(q) => q.len(),
+                Queues::S3Fifo(q) => q.len(),
+            }
+        }
+    }
+
+    /// A queued handle keeps its whole item allocated, so removed items
+    /// leave the queues once their bytes reach a sixteenth of the bound,
+    /// even while the live count stays high.
+    #[test]
+    fn removed_items_leave_the_queues_after_a_sixteenth_of_the_bound() {
+        for kind in [
+            EvictionPolicy::Lru,
+            EvictionPolicy::Sieve,
+            EvictionPolicy::S3Fifo,
+        ] {
+            let bound = 1 << 20;
+            let policy = Policy::new(kind, bound);
+            let live: Vec<ItemRef> = (0..1_000)
+                .map(|i| ItemRef::new(&format!("live{i}"), "v", NO_EXPIRY))
+                .collect();
+            for item in &live {
+                policy.insert(item, 100, 1_000);
+            }
+            // 2,000 items of 100 bytes come and go: 200 kB dead, three
+            // times the 64 kB limit; the live count alone would trigger a
+            // compaction only past 3,024 handles, which are never queued.
+            for i in 0..2_000 {
+                let item = ItemRef::new(&format!("gone{i}"), "v", NO_EXPIRY);
+                policy.insert(&item, 100, 1_000);
+                item.removed.store(true, Ordering::Relaxed);
+                policy.removed(100, false);
+            }
+            let queued = policy.queued();
+            assert!(queued < 1_000 + 700, "{kind}: {queued} handles queued");
+        }
+    }
 }

@@ -6,13 +6,11 @@
 //! One-hit wonders (scans) leave through the small FIFO without
 //! displacing the main working set.
 
+use super::alive;
+use crate::engine::memory::item::{Item, ItemRef};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
-
-use super::{alive, worth_compacting};
-use crate::engine::memory::item::Item;
 
 /// Highest frequency counted (2 bits, as in the paper).
 const MAX_FREQ: u32 = 3;
@@ -29,7 +27,7 @@ pub fn touch(item: &Item) {
 }
 
 struct Fifo {
-    queue: VecDeque<(Weak<Item>, u64)>,
+    queue: VecDeque<(ItemRef, u64)>,
     bytes: u64,
 }
 
@@ -41,19 +39,19 @@ impl Fifo {
         }
     }
 
-    fn push(&mut self, handle: Weak<Item>, charge: u64) {
+    fn push(&mut self, handle: ItemRef, charge: u64) {
         self.bytes += charge;
         self.queue.push_back((handle, charge));
     }
 
-    fn pop(&mut self) -> Option<(Weak<Item>, u64)> {
+    fn pop(&mut self) -> Option<(ItemRef, u64)> {
         let (handle, charge) = self.queue.pop_front()?;
         self.bytes -= charge;
         Some((handle, charge))
     }
 
     fn compact(&mut self) {
-        self.queue.retain(|(h, _)| alive(h).is_some());
+        self.queue.retain(|(h, _)| alive(h));
         self.bytes = self.queue.iter().map(|(_, c)| c).sum();
     }
 }
@@ -86,21 +84,30 @@ impl S3Fifo {
         };
     }
 
-    pub fn insert(&mut self, item: &Arc<Item>, charge: u64, live: usize) {
+    /// Queues `item` of `charge` bytes; the number of handles queued.
+    pub fn insert(&mut self, item: &ItemRef, charge: u64) -> usize {
         let hash = self.hasher.hash_one(item.key());
-        let handle = Arc::downgrade(item);
+        let handle = item.clone();
         if self.forget_ghost(hash) {
             self.main.push(handle, charge);
         } else {
             self.small.push(handle, charge);
         }
-        if worth_compacting(self.small.queue.len() + self.main.queue.len(), live) {
-            self.small.compact();
-            self.main.compact();
-        }
+        self.small.queue.len() + self.main.queue.len()
     }
 
-    pub fn victim(&mut self) -> Option<Arc<Item>> {
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.small.queue.len() + self.main.queue.len()
+    }
+
+    /// Drops the handles of removed items.
+    pub fn compact(&mut self) {
+        self.small.compact();
+        self.main.compact();
+    }
+
+    pub fn victim(&mut self) -> Option<ItemRef> {
         loop {
             if self.small.bytes >= self.small_target || self.main.queue.is_empty() {
                 if let Some(item) = self.evict_small() {
@@ -117,12 +124,14 @@ impl S3Fifo {
 
     /// One step of the small FIFO: a victim, or `None` after moving an
     /// item to main or dropping a dead handle.
-    fn evict_small(&mut self) -> Option<Arc<Item>> {
-        let (handle, charge) = self.small.pop()?;
-        let item = alive(&handle)?;
+    fn evict_small(&mut self) -> Option<ItemRef> {
+        let (item, charge) = self.small.pop()?;
+        if !alive(&item) {
+            return None;
+        }
         if item.meta.load(Ordering::Relaxed) >= TO_MAIN {
             item.meta.store(0, Ordering::Relaxed);
-            self.main.push(handle, charge);
+            self.main.push(item, charge);
             return None;
         }
         self.remember_ghost(self.hasher.hash_one(item.key()));
@@ -131,18 +140,18 @@ impl S3Fifo {
 
     /// Main evicts in FIFO order; an item read since its last pass goes
     /// around again with its frequency decremented.
-    fn evict_main(&mut self) -> Option<Arc<Item>> {
+    fn evict_main(&mut self) -> Option<ItemRef> {
         // Each item's frequency drops at every pass, so this ends within
         // MAX_FREQ + 1 turns.
         loop {
-            let (handle, charge) = self.main.pop()?;
-            let Some(item) = alive(&handle) else {
+            let (item, charge) = self.main.pop()?;
+            if !alive(&item) {
                 continue;
-            };
+            }
             let f = item.meta.load(Ordering::Relaxed);
             if f > 0 {
                 item.meta.store(f - 1, Ordering::Relaxed);
-                self.main.push(handle, charge);
+                self.main.push(item, charge);
                 continue;
             }
             return Some(item);

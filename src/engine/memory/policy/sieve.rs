@@ -9,30 +9,37 @@
 //! oldest item: `behind` becomes `ahead`. Every step is O(1) and no item
 //! moves, which is exactly SIEVE's order.
 
+use super::alive;
+use crate::engine::memory::item::ItemRef;
 use std::collections::VecDeque;
 use std::mem;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
-
-use super::{alive, worth_compacting};
-use crate::engine::memory::item::Item;
 
 #[derive(Default)]
 pub struct Sieve {
-    ahead: VecDeque<Weak<Item>>,
-    behind: VecDeque<Weak<Item>>,
+    ahead: VecDeque<ItemRef>,
+    behind: VecDeque<ItemRef>,
 }
 
 impl Sieve {
-    pub fn insert(&mut self, item: &Arc<Item>, live: usize) {
-        self.ahead.push_back(Arc::downgrade(item));
-        if worth_compacting(self.ahead.len() + self.behind.len(), live) {
-            self.ahead.retain(|h| alive(h).is_some());
-            self.behind.retain(|h| alive(h).is_some());
-        }
+    /// Queues `item`; the number of handles queued.
+    pub fn insert(&mut self, item: &ItemRef) -> usize {
+        self.ahead.push_back(item.clone());
+        self.ahead.len() + self.behind.len()
     }
 
-    pub fn victim(&mut self) -> Option<Arc<Item>> {
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.ahead.len() + self.behind.len()
+    }
+
+    /// Drops the handles of removed items.
+    pub fn compact(&mut self) {
+        self.ahead.retain(alive);
+        self.behind.retain(alive);
+    }
+
+    pub fn victim(&mut self) -> Option<ItemRef> {
         // Two full turns of the hand clear every bit; readers setting bits
         // meanwhile cannot keep it turning past that.
         let mut budget = 2 * (self.ahead.len() + self.behind.len()) + 1;
@@ -40,13 +47,13 @@ impl Sieve {
             if self.ahead.is_empty() {
                 mem::swap(&mut self.ahead, &mut self.behind);
             }
-            let handle = self.ahead.pop_front()?;
-            let Some(item) = alive(&handle) else {
+            let item = self.ahead.pop_front()?;
+            if !alive(&item) {
                 continue;
-            };
+            }
             budget = budget.saturating_sub(1);
             if item.meta.swap(0, Ordering::Relaxed) != 0 && budget > 0 {
-                self.behind.push_back(handle);
+                self.behind.push_back(item);
                 continue;
             }
             return Some(item);
@@ -58,7 +65,6 @@ impl Sieve {
 mod tests {
     use super::*;
     use crate::engine::NO_EXPIRY;
-    use crate::engine::memory::item::Body;
 
     /// SIEVE as the paper writes it: one list, oldest first, and a hand
     /// index; visited items stay in place.
@@ -99,17 +105,13 @@ mod tests {
             };
             let mut sieve = Sieve::default();
             let mut reference = Reference::default();
-            let mut items: Vec<Arc<Item>> = Vec::new();
+            let mut items: Vec<ItemRef> = Vec::new();
             for _ in 0..2_000 {
                 match next() % 3 {
                     0 => {
                         let id = items.len();
-                        let body = Body {
-                            value: "".into(),
-                            expires_at: NO_EXPIRY,
-                        };
-                        let item = Item::new(id.to_string(), body);
-                        sieve.insert(&item, usize::MAX / 4);
+                        let item = ItemRef::new(&id.to_string(), "", NO_EXPIRY);
+                        sieve.insert(&item);
                         reference.list.push((id, false));
                         items.push(item);
                     }
