@@ -8,6 +8,7 @@
 //! ```text
 //! cargo run --release --example cache_sim -- [--requests 400000] [--bound 8mb]
 //!     [--seed 42] [--no-redis] [--redis-server PATH] [--redis-plus-base]
+//!     [--trace-overhead BYTES]
 //! ```
 //!
 //! Workloads: Zipf 0.8 and 0.99 over a key space 10x the number of entries
@@ -20,6 +21,10 @@
 //! a fixed base of about 0.9 MB that kvs's accounting does not have; with
 //! `--redis-plus-base` Redis gets the bound plus the `used_memory` of the
 //! empty instance instead, so only entries compete for the bound.
+//!
+//! `--trace-overhead` sizes the key space with another per-entry figure
+//! than `ENTRY_OVERHEAD` (e.g. 168, the accounting before the hash-table
+//! index), so an earlier table's traces can be replayed exactly.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -41,6 +46,10 @@ struct Args {
     seed: u64,
     redis: Option<String>,
     redis_plus_base: bool,
+    /// Per-entry bytes the key space is sized with (10x the entries the
+    /// bound holds); `ENTRY_OVERHEAD` unless given, to replay the traces
+    /// of an earlier accounting.
+    trace_overhead: u64,
 }
 
 fn args() -> Args {
@@ -50,6 +59,7 @@ fn args() -> Args {
         seed: 42,
         redis: Some("redis-server".to_owned()),
         redis_plus_base: false,
+        trace_overhead: ENTRY_OVERHEAD,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -61,6 +71,7 @@ fn args() -> Args {
             "--no-redis" => a.redis = None,
             "--redis-server" => a.redis = Some(val()),
             "--redis-plus-base" => a.redis_plus_base = true,
+            "--trace-overhead" => a.trace_overhead = val().parse().expect("--trace-overhead"),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -90,7 +101,7 @@ struct Workload {
 }
 
 fn workload(a: &Args, zipf_s: f64, scans: bool, value_size: usize) -> Workload {
-    let entries = a.bound / (KEY_LEN + value_size as u64 + ENTRY_OVERHEAD);
+    let entries = a.bound / (KEY_LEN + value_size as u64 + a.trace_overhead);
     let key_space = 10 * entries;
     let mut rng = SmallRng::seed_from_u64(a.seed ^ value_size as u64 ^ zipf_s.to_bits());
     let zipf = Zipf::new(key_space as f64, zipf_s).expect("valid Zipf parameters");
@@ -279,10 +290,11 @@ fn main() {
     let a = args();
     println!(
         "requests per trace {} (+ scans), bound {} bytes, seed {}, ENTRY_OVERHEAD {ENTRY_OVERHEAD}, \
-         redis maxmemory = bound{}",
+         key space sized with {} B per entry, redis maxmemory = bound{}",
         a.requests,
         a.bound,
         a.seed,
+        a.trace_overhead,
         if a.redis_plus_base {
             " + empty used_memory"
         } else {
