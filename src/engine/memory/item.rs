@@ -13,7 +13,7 @@
 //! value `Mutex` and two string allocations it replaces took about 264).
 //!
 //! The key never changes. The value and the expiry change only under the
-//! key's stripe lock, and are read only under it: an overwrite that fits
+//! key's stripe lock, and the value is read only under it: an overwrite that fits
 //! the capacity is written in place, so the key stays in every index
 //! throughout and a concurrent reader (who takes the same lock) never
 //! misses it. An overwrite that does not fit makes a new item, which
@@ -22,7 +22,7 @@
 use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
 use std::cell::UnsafeCell;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
 
 use crate::engine::NO_EXPIRY;
 
@@ -62,8 +62,9 @@ pub struct Item {
     refs: AtomicU32,
     /// Policy bits: SIEVE's visited bit, S3-FIFO's frequency, LRU's clock.
     pub meta: AtomicU32,
-    /// Written and read only under the key's stripe lock.
-    expires_at: UnsafeCell<u64>,
+    /// Written only under the key's stripe lock; atomic so that a scan can
+    /// skip expired keys holding only its order-shard lock.
+    expires_at: AtomicU64,
     key_len: u32,
     /// Written and read only under the key's stripe lock.
     value_len: UnsafeCell<u32>,
@@ -76,9 +77,10 @@ pub struct Item {
 /// A counted handle on an [`Item`]; the item is freed with its last handle.
 pub struct ItemRef(NonNull<Item>);
 
-// SAFETY: the counts are atomic; the fields behind `UnsafeCell` are only
-// touched under the key's stripe lock (see the `unsafe fn`s below), which
-// orders every access to them; the key bytes never change after `new`.
+// SAFETY: the counts, policy bits and expiry are atomic; the value and its
+// length (behind `UnsafeCell`) are only touched under the key's stripe lock
+// (see the `unsafe fn`s below), which orders every access to them; the key
+// bytes never change after `new`.
 unsafe impl Send for ItemRef {}
 // SAFETY: as for Send.
 unsafe impl Sync for ItemRef {}
@@ -110,7 +112,7 @@ impl ItemRef {
             p.write(Item {
                 refs: AtomicU32::new(1),
                 meta: AtomicU32::new(0),
-                expires_at: UnsafeCell::new(expires_at),
+                expires_at: AtomicU64::new(expires_at),
                 key_len: key.len() as u32,
                 value_len: UnsafeCell::new(value.len() as u32),
                 capacity: value.len() as u32,
@@ -196,13 +198,10 @@ impl Item {
         }
     }
 
-    /// The expiry (Unix ms, [`NO_EXPIRY`] for never).
-    ///
-    /// # Safety
-    /// The caller holds the stripe lock of this item's key.
-    pub unsafe fn expires_at(&self) -> u64 {
-        // SAFETY: writes happen only under the same lock.
-        unsafe { *self.expires_at.get() }
+    /// The expiry (Unix ms, [`NO_EXPIRY`] for never); exact under the
+    /// key's stripe lock, possibly just overwritten without it.
+    pub fn expires_at(&self) -> u64 {
+        self.expires_at.load(Ordering::Relaxed)
     }
 
     /// The value.
@@ -259,8 +258,8 @@ impl Item {
                 .add(self.key_len as usize)
                 .copy_from_nonoverlapping(value.as_ptr(), value.len());
             *self.value_len.get() = value.len() as u32;
-            *self.expires_at.get() = expires_at;
         }
+        self.expires_at.store(expires_at, Ordering::Relaxed);
     }
 }
 

@@ -3,11 +3,16 @@
 //! accounting.
 //!
 //! A stripe holds a hash table of its items (point reads and writes: one
-//! hash, one probe, one key comparison), an ordered set of the same items
-//! (for scans, merged across stripes) and the expiry index of those with a
-//! deadline. Every read and write of a key runs under its stripe's lock,
+//! hash, one probe, one key comparison) and the expiry index of those with
+//! a deadline. Every read and write of a key runs under its stripe's lock,
 //! so an overwrite is never seen half done, [`update`](crate::KvsEngine::update)
 //! is an atomic read-modify-write and the accounting is exact.
+//!
+//! The same items are also in ordered sets for scans, fewer of them than
+//! stripes (set `i % SHARDS` holds stripe `i`'s keys) so that a scan
+//! merges few of them; a key's set changes only when the key is added,
+//! removed or moved to a new item, under its stripe lock and then its
+//! set's lock. A scan takes only the sets' locks.
 
 use std::borrow::Borrow;
 use std::cmp::{Ordering as CmpOrdering, Reverse};
@@ -33,6 +38,10 @@ pub const OOM_MESSAGE: &str = "command not allowed when used memory > 'maxmemory
 /// one; few enough that a scan, which visits each stripe's ordered set,
 /// stays cheap, and that `clear` can take them all.
 const STRIPES: usize = 64;
+
+/// Ordered sets. A scan seeks in each, so fewer is a cheaper scan; more is
+/// less waiting among threads adding or removing keys at once.
+const SHARDS: usize = 8;
 
 /// An item in a stripe's ordered set, ordered and looked up by its key.
 struct ByKey(ItemRef);
@@ -63,22 +72,23 @@ impl Ord for ByKey {
     }
 }
 
-/// One stripe: its keys three ways. An item is in `table` and `order`
+/// One stripe. An item is in `table` (and in its shard's ordered set)
 /// exactly when it is indexed, and in `expiry` exactly when it is indexed
-/// with a deadline; all three change together under the stripe lock.
+/// with a deadline; they change together under the stripe lock.
 #[derive(Default)]
 pub struct Stripe {
     table: HashTable<ItemRef>,
-    order: BTreeSet<ByKey>,
     /// `(expires_at, item address)` to the item: the address makes equal
     /// deadlines distinct and is unique while the item is indexed.
     expiry: BTreeMap<(u64, usize), ItemRef>,
 }
 
-/// A stripe locked for one key, with that key's hash.
+/// A stripe locked for one key, with that key's hash and the stripe's
+/// number.
 pub struct Locked<'a> {
     stripe: MutexGuard<'a, Stripe>,
     hash: u64,
+    index: usize,
 }
 
 /// A key's live-or-expired entry as seen under its stripe lock.
@@ -98,7 +108,8 @@ impl Locked<'_> {
         let item = self.stripe.table.find(self.hash, |i| i.key() == key)?;
         // SAFETY: the item is in this stripe's table and the guard borrowed
         // for the view's lifetime holds the stripe lock.
-        let (value, expires_at) = unsafe { (item.value(), item.expires_at()) };
+        let value = unsafe { item.value() };
+        let expires_at = item.expires_at();
         Some(View {
             item,
             value,
@@ -107,14 +118,17 @@ impl Locked<'_> {
     }
 }
 
-/// Padding so that two stripe locks never share a cache line.
+/// Padding so that two locks never share a cache line.
 #[repr(align(128))]
 #[derive(Default)]
-struct Padded(Mutex<Stripe>);
+struct Padded<T>(Mutex<T>);
 
-/// The stripes and counters.
+/// The stripes, the ordered sets and the counters.
 pub struct Store {
-    stripes: Box<[Padded]>,
+    stripes: Box<[Padded<Stripe>]>,
+    /// Stripe `i`'s keys are in set `i % SHARDS`. Lock order: a stripe,
+    /// then a set.
+    order: Box<[Padded<BTreeSet<ByKey>>]>,
     hasher: DefaultHashBuilder,
     keys: AtomicU64,
     /// Bytes accounted for all entries ([`charge`]).
@@ -148,6 +162,7 @@ impl Store {
     pub fn new(max_memory: u64, eviction: EvictionPolicy) -> Store {
         Store {
             stripes: (0..STRIPES).map(|_| Padded::default()).collect(),
+            order: (0..SHARDS).map(|_| Padded::default()).collect(),
             hasher: DefaultHashBuilder::default(),
             keys: AtomicU64::new(0),
             used: AtomicU64::new(0),
@@ -166,16 +181,22 @@ impl Store {
         let hash = self.hasher.hash_one(key);
         // The table uses the low bits and the top seven; the stripe takes
         // bits from the middle, so keys of one stripe still spread.
-        let i = (hash >> 32) as usize % STRIPES;
+        let index = (hash >> 32) as usize % STRIPES;
         Locked {
-            stripe: lock(&self.stripes[i].0),
+            stripe: lock(&self.stripes[index].0),
             hash,
+            index,
         }
     }
 
     /// Every stripe lock, in order.
     pub fn lock_all(&self) -> Vec<MutexGuard<'_, Stripe>> {
         self.stripes.iter().map(|s| lock(&s.0)).collect()
+    }
+
+    /// The ordered set holding stripe `i`'s keys, locked.
+    fn order_of(&self, i: usize) -> MutexGuard<'_, BTreeSet<ByKey>> {
+        lock(&self.order[i % SHARDS].0)
     }
 
     /// The number of stripes, for the expiry sweep.
@@ -217,17 +238,13 @@ impl Store {
         if self.max_memory != 0 && new_charge > self.max_memory {
             return Err(KvsError::OutOfMemory(OOM_MESSAGE.to_owned()));
         }
-        let hash = locked.hash;
-        let Stripe {
-            table,
-            order,
-            expiry,
-        } = &mut *locked.stripe;
+        let (hash, index) = (locked.hash, locked.index);
+        let Stripe { table, expiry } = &mut *locked.stripe;
         match table.find_mut(hash, |i| i.key() == key) {
             Some(slot) => {
                 // SAFETY (this block): `slot` is in the stripe whose lock
                 // `locked` holds.
-                let old_expiry = unsafe { slot.expires_at() };
+                let old_expiry = slot.expires_at();
                 let old_charge = unsafe { slot.charge() };
                 self.reserve(old_charge, new_charge)?;
                 if old_expiry != NO_EXPIRY {
@@ -246,7 +263,7 @@ impl Store {
                     item.meta
                         .store(slot.meta.load(Ordering::Relaxed), Ordering::Relaxed);
                     let old = std::mem::replace(slot, item.clone());
-                    order.replace(ByKey(item.clone()));
+                    self.order_of(index).replace(ByKey(item.clone()));
                     old.removed.store(true, Ordering::Relaxed);
                     self.policy.removed(old_charge, false);
                     self.policy.insert(&item, new_charge, self.len());
@@ -261,7 +278,7 @@ impl Store {
                 if expires_at != NO_EXPIRY {
                     expiry.insert((expires_at, item.address()), item.clone());
                 }
-                order.insert(ByKey(item.clone()));
+                self.order_of(index).insert(ByKey(item.clone()));
                 table.insert_unique(hash, item.clone(), |i| self.hasher.hash_one(i.key()));
                 let live = self.keys.fetch_add(1, Ordering::Relaxed) + 1;
                 self.policy.insert(&item, new_charge, live);
@@ -320,22 +337,23 @@ impl Store {
     }
 
     fn remove_locked_as(&self, locked: &mut Locked<'_>, key: &str, why: Why) -> bool {
-        let hash = locked.hash;
-        let Stripe {
-            table,
-            order,
-            expiry,
-        } = &mut *locked.stripe;
+        let (hash, index) = (locked.hash, locked.index);
+        let Stripe { table, expiry } = &mut *locked.stripe;
         let Ok(entry) = table.find_entry(hash, |i| i.key() == key) else {
             return false;
         };
         let (item, _) = entry.remove();
+        if table.capacity() > 1024 && table.len() * 4 < table.capacity() {
+            // Give back a table emptied by deletes or evictions; halving
+            // at a quarter full leaves room, so this cannot thrash.
+            table.shrink_to(table.len() * 2, |i| self.hasher.hash_one(i.key()));
+        }
         // SAFETY: the item was in this stripe, whose lock `locked` holds.
-        let (expires_at, charge) = unsafe { (item.expires_at(), item.charge()) };
+        let (expires_at, charge) = (item.expires_at(), unsafe { item.charge() });
         if expires_at != NO_EXPIRY {
             expiry.remove(&(expires_at, item.address()));
         }
-        order.remove(key);
+        self.order_of(index).remove(key);
         item.removed.store(true, Ordering::Relaxed);
         self.keys.fetch_sub(1, Ordering::Relaxed);
         self.used.fetch_sub(charge, Ordering::Relaxed);
@@ -366,6 +384,7 @@ impl Store {
         let mut locked = Locked {
             stripe: self.lock_index(i),
             hash: 0,
+            index: i,
         };
         let mut removed = 0;
         while removed < max {
@@ -389,9 +408,9 @@ impl Store {
     }
 
     /// Up to `limit` keys live at `now`, in ascending order, strictly after
-    /// `after`: the smallest of every stripe's, merged.
+    /// `after`: the smallest of every ordered set's, merged.
     ///
-    /// Each stripe is read in batches under its lock and resumed after the
+    /// Each set is read in batches under its lock and resumed after the
     /// last key it gave, so a key that is indexed throughout the call is
     /// met exactly when the merge reaches it; the keys returned ascend, so a
     /// scan resumed after the last key returned sees every key that exists
@@ -401,14 +420,14 @@ impl Store {
         if limit == 0 {
             return keys;
         }
-        // Per stripe, a batch large enough that a page of a few keys per
-        // stripe is read with one lock and one seek each.
-        let batch = (limit / STRIPES).clamp(2, 256) + 1;
-        let mut pending: Vec<std::vec::IntoIter<ItemRef>> = Vec::with_capacity(STRIPES);
+        // Per set, a batch large enough that a page of a few keys per set
+        // is read with one lock and one seek each.
+        let batch = (limit / SHARDS).clamp(2, 256) + 1;
+        let mut pending: Vec<std::vec::IntoIter<ItemRef>> = Vec::with_capacity(SHARDS);
         // Smallest key first: (key, stripe).
         let mut heads: BinaryHeap<Reverse<(ByKey, usize)>> = BinaryHeap::new();
-        for i in 0..STRIPES {
-            let mut items = self.read_stripe(i, after, batch, now).into_iter();
+        for i in 0..SHARDS {
+            let mut items = self.read_shard(i, after, batch, now).into_iter();
             if let Some(first) = items.next() {
                 heads.push(Reverse((ByKey(first), i)));
             }
@@ -422,9 +441,7 @@ impl Store {
             let next = match pending[i].next() {
                 Some(next) => Some(next),
                 None => {
-                    let mut more = self
-                        .read_stripe(i, Some(item.key()), batch, now)
-                        .into_iter();
+                    let mut more = self.read_shard(i, Some(item.key()), batch, now).into_iter();
                     let next = more.next();
                     pending[i] = more;
                     next
@@ -437,18 +454,17 @@ impl Store {
         keys
     }
 
-    /// Up to `n` items of stripe `i` live at `now`, ascending, after `after`.
-    fn read_stripe(&self, i: usize, after: Option<&str>, n: usize, now: u64) -> Vec<ItemRef> {
-        let stripe = self.lock_index(i);
+    /// Up to `n` items of ordered set `i` live at `now`, ascending, after
+    /// `after`.
+    fn read_shard(&self, i: usize, after: Option<&str>, n: usize, now: u64) -> Vec<ItemRef> {
+        let order = lock(&self.order[i].0);
         let lower = match after {
             Some(after) => Bound::Excluded(after),
             None => Bound::Unbounded,
         };
-        stripe
-            .order
+        order
             .range::<str, _>((lower, Bound::Unbounded))
-            // SAFETY: the item is in stripe `i`, whose lock is held.
-            .filter(|e| !expired_at(unsafe { e.0.expires_at() }, now))
+            .filter(|e| !expired_at(e.0.expires_at(), now))
             .take(n)
             .map(|e| e.0.clone())
             .collect()
@@ -463,13 +479,16 @@ impl Store {
             }
             **s = Stripe::default();
         }
+        for shard in self.order.iter() {
+            lock(&shard.0).clear();
+        }
         self.keys.store(0, Ordering::Relaxed);
         self.used.store(0, Ordering::Relaxed);
         self.policy.clear();
     }
 }
 
-fn lock(m: &Mutex<Stripe>) -> MutexGuard<'_, Stripe> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic under a stripe lock happens between whole steps of a write
     // (a user closure of `update` runs before anything is changed), so the
     // data is consistent and poisoning is ignored.
