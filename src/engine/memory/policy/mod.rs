@@ -108,7 +108,8 @@ pub struct Policy {
     queues: Mutex<Queues>,
     /// Bytes of removed items whose handles may still be queued.
     dead: AtomicU64,
-    /// `dead` that triggers a compaction at the next insert.
+    /// `dead` that triggers a compaction at the next insert; 0 when no
+    /// queue is kept.
     dead_limit: u64,
 }
 
@@ -123,11 +124,16 @@ impl Policy {
             EvictionPolicy::Sieve => Queues::Sieve(sieve::Sieve::default()),
             EvictionPolicy::S3Fifo => Queues::S3Fifo(s3fifo::S3Fifo::new(max_memory)),
         };
+        // 0 where nothing is queued: `removed` then counts nothing.
+        let dead_limit = match queues {
+            Queues::None => 0,
+            _ => (max_memory / 16).max(4096),
+        };
         Policy {
             kind,
             queues: Mutex::new(queues),
             dead: AtomicU64::new(0),
-            dead_limit: (max_memory / 16).max(4096),
+            dead_limit,
         }
     }
 
