@@ -188,26 +188,45 @@ impl std::fmt::Debug for ItemRef {
 }
 
 impl Item {
-    fn bytes(&self) -> *mut u8 {
-        // The key and value bytes start right after the header (`repr(C)`,
-        // and `layout` puts them there).
-        (self as *const Item).wrapping_add(1) as *mut u8
-    }
-
-    /// The key.
-    pub fn key(&self) -> &str {
-        // SAFETY: `new` copied a whole `&str` of `key_len` bytes here, and
-        // the key bytes are never written again.
-        unsafe {
-            let bytes = std::slice::from_raw_parts(self.bytes(), self.key_len as usize);
-            std::str::from_utf8_unchecked(bytes)
-        }
-    }
-
     /// The expiry (Unix ms, [`NO_EXPIRY`] for never); exact under the
     /// key's stripe lock, possibly just overwritten without it.
     pub fn expires_at(&self) -> u64 {
         self.expires_at.load(Ordering::Relaxed)
+    }
+
+    /// Whether a value of `len` bytes is written in place by
+    /// [`overwrite`](ItemRef::overwrite): it fits, and wastes at most an
+    /// eighth of the capacity (a shrinking value gets a tight new item).
+    pub fn fits(&self, len: usize) -> bool {
+        let cap = self.capacity as usize;
+        len <= cap && cap - len <= cap / 8
+    }
+}
+
+// The methods that reach the key and value bytes live on the handle, not on
+// `Item`: a `&Item` (and a pointer derived from it) covers only the 32-byte
+// header, so the bytes after it must be reached from the allocation's own
+// pointer, the `NonNull` the handle holds.
+impl ItemRef {
+    /// The first key byte; the value bytes follow the key's.
+    fn bytes(&self) -> *mut u8 {
+        // SAFETY: the allocation holds the header and then the key and
+        // value bytes (`repr(C)`, and `layout` puts them there), so one
+        // header past its start is in bounds. The pointer comes from
+        // `alloc` through the `NonNull`, never through a reference, so it
+        // may reach the whole allocation.
+        unsafe { self.0.as_ptr().add(1).cast::<u8>() }
+    }
+
+    /// The key.
+    pub fn key(&self) -> &str {
+        // SAFETY: `new` copied a whole `&str` of `key_len` bytes to
+        // `bytes()`, inside the allocation this handle keeps alive for the
+        // returned borrow, and the key bytes are never written again.
+        unsafe {
+            let bytes = std::slice::from_raw_parts(self.bytes(), self.key_len as usize);
+            std::str::from_utf8_unchecked(bytes)
+        }
     }
 
     /// The value.
@@ -216,9 +235,11 @@ impl Item {
     /// The caller holds the stripe lock of this item's key for as long as
     /// it uses the returned `&str`.
     pub unsafe fn value(&self) -> &str {
-        // SAFETY: the value bytes after the key were written from a whole
-        // `&str` of `value_len` bytes, by `new` or `overwrite`, under the
-        // lock the caller holds.
+        // SAFETY: the `value_len` bytes after the key were written from a
+        // whole `&str`, by `new` or by `overwrite` under the lock the caller
+        // holds, which keeps them (and `value_len`) unchanged while the
+        // returned borrow lives; they are inside the allocation (`value_len
+        // <= capacity`), which this handle keeps alive.
         unsafe {
             let len = *self.value_len.get() as usize;
             let bytes = std::slice::from_raw_parts(self.bytes().add(self.key_len as usize), len);
@@ -231,22 +252,10 @@ impl Item {
     /// # Safety
     /// The caller holds the stripe lock of this item's key.
     pub unsafe fn charge(&self) -> u64 {
-        // SAFETY: the caller holds the lock.
-        unsafe {
-            charge(
-                self.key_len as usize,
-                *self.value_len.get() as usize,
-                self.expires_at(),
-            )
-        }
-    }
-
-    /// Whether a value of `len` bytes is written in place by
-    /// [`overwrite`](Self::overwrite): it fits, and wastes at most an
-    /// eighth of the capacity (a shrinking value gets a tight new item).
-    pub fn fits(&self, len: usize) -> bool {
-        let cap = self.capacity as usize;
-        len <= cap && cap - len <= cap / 8
+        // SAFETY: `value_len` is written only under the lock the caller
+        // holds.
+        let value_len = unsafe { *self.value_len.get() };
+        charge(self.key_len as usize, value_len as usize, self.expires_at())
     }
 
     /// Replaces the value and expiry in place.
@@ -257,8 +266,10 @@ impl Item {
     pub unsafe fn overwrite(&self, value: &str, expires_at: u64) {
         debug_assert!(self.fits(value.len()));
         // SAFETY: `value.len() <= capacity` bytes after the key are inside
-        // the allocation; every reader of the value holds the lock the
-        // caller holds, so none sees the bytes change.
+        // the allocation, reached through the allocation's pointer
+        // (`bytes`); every reader of the value and of `value_len` holds the
+        // lock the caller holds, so none sees them change, and no `&str`
+        // into the old value outlives that lock.
         unsafe {
             self.bytes()
                 .add(self.key_len as usize)
