@@ -1,5 +1,7 @@
 //! Active expiry: a background thread that removes expired keys nobody
-//! reads, so the memory they hold comes back within a tick.
+//! reads, so the memory they hold comes back within a few ticks (a removed
+//! item is freed when its last handle goes, and the policy queues' handles
+//! go at the tick after removals pause, [`Policy::tick`](super::policy::Policy::tick)).
 //!
 //! Each stripe keeps its keys with a deadline ordered by deadline, so a
 //! sweep visits only keys that are due: unlike Redis's sampling, no expired
@@ -31,6 +33,9 @@ pub fn spawn(store: Weak<Store>) -> std::io::Result<JoinHandle<()>> {
                     return;
                 };
                 sweep(&store, now_ms());
+                // Frees the items removed (here or by deletes) that only the
+                // policy queues still hold, once removals pause.
+                store.policy.tick();
             }
         })
 }

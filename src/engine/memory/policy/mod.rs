@@ -5,8 +5,11 @@
 //! one relaxed atomic store ([`Policy::touch`]) and takes no other lock.
 //! A removed item stays in the queues as a dead handle until the policy
 //! meets it or compacts its queues; since a handle keeps the whole item
-//! allocated, the queues are compacted once the bytes of dead items reach
-//! a sixteenth of the bound ([`Policy::removed`]).
+//! allocated, the queues are compacted once the bytes of dead items pass a
+//! sixteenth of the bound, by the insert or the removal that takes them
+//! there ([`Policy::removed`]), and by the expiry thread's tick once
+//! removals pause ([`Policy::tick`]), so that memory comes back even when
+//! nothing is written any more.
 //!
 //! - [`sieve`]: SIEVE (Zhang et al., NSDI '24): a FIFO with a visited bit
 //!   and a hand that keeps visited items in place.
@@ -108,9 +111,11 @@ pub struct Policy {
     queues: Mutex<Queues>,
     /// Bytes of removed items whose handles may still be queued.
     dead: AtomicU64,
-    /// `dead` that triggers a compaction at the next insert; 0 when no
-    /// queue is kept.
+    /// `dead` that triggers a compaction at the insert or removal that
+    /// passes it; 0 when no queue is kept.
     dead_limit: u64,
+    /// `dead` as [`tick`](Self::tick) last saw it.
+    dead_at_tick: AtomicU64,
 }
 
 impl Policy {
@@ -134,6 +139,7 @@ impl Policy {
             queues: Mutex::new(queues),
             dead: AtomicU64::new(0),
             dead_limit,
+            dead_at_tick: AtomicU64::new(0),
         }
     }
 
@@ -158,17 +164,22 @@ impl Policy {
             Queues::Sieve(q) => q.insert(item),
             Queues::S3Fifo(q) => q.insert(item, charge),
         };
-        let dead = self.dead.load(Ordering::Relaxed);
-        if dead > self.dead_limit || worth_compacting(len, live) {
-            // Handles of items removed from here on may survive this pass
-            // (they are counted again); those removed before are gone.
-            self.dead.fetch_sub(dead, Ordering::Relaxed);
-            match &mut *queues {
-                Queues::None => {}
-                Queues::Lru(q) => q.compact(),
-                Queues::Sieve(q) => q.compact(),
-                Queues::S3Fifo(q) => q.compact(),
-            }
+        if self.dead.load(Ordering::Relaxed) > self.dead_limit || worth_compacting(len, live) {
+            self.compact(&mut queues);
+        }
+    }
+
+    /// Drops the handles of removed items, and with them (when no reader
+    /// holds one) the items' memory.
+    fn compact(&self, queues: &mut Queues) {
+        // Handles of items removed from here on may survive this pass
+        // (they are counted again); those removed before are gone.
+        self.dead.swap(0, Ordering::Relaxed);
+        match queues {
+            Queues::None => {}
+            Queues::Lru(q) => q.compact(),
+            Queues::Sieve(q) => q.compact(),
+            Queues::S3Fifo(q) => q.compact(),
         }
     }
 
@@ -182,7 +193,28 @@ impl Policy {
             EvictionPolicy::Sieve | EvictionPolicy::S3Fifo => !evicted,
         };
         if queued && self.dead_limit != 0 {
-            self.dead.fetch_add(charge, Ordering::Relaxed);
+            let dead = self.dead.fetch_add(charge, Ordering::Relaxed) + charge;
+            // Removals alone (deletes, expiry, LRU's evictions) must free
+            // memory too, not only the next insert.
+            if dead > self.dead_limit {
+                self.compact(&mut self.lock());
+            }
+        }
+    }
+
+    /// Called by the expiry thread every tick: compacts when removed items
+    /// still hold memory and no removal happened since the last tick, so
+    /// the bytes under the limit that no insert or removal will come to
+    /// collect (all keys expired, nothing written) are freed within two
+    /// ticks of the last removal. A pass costs O(queue length); running it
+    /// only once removals pause keeps a steady stream of deletes from
+    /// paying it every tick.
+    pub fn tick(&self) {
+        let dead = self.dead.load(Ordering::Relaxed);
+        let before = self.dead_at_tick.swap(dead, Ordering::Relaxed);
+        if dead != 0 && dead == before {
+            self.compact(&mut self.lock());
+            self.dead_at_tick.store(0, Ordering::Relaxed);
         }
     }
 
