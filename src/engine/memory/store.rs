@@ -240,8 +240,8 @@ impl Store {
         }
         let (hash, index) = (locked.hash, locked.index);
         let Stripe { table, expiry } = &mut *locked.stripe;
-        match table.find_mut(hash, |i| i.key() == key) {
-            Some(slot) => {
+        let dead = match table.find_mut(hash, |i| i.key() == key) {
+            Some(slot) if !is_dead(slot) => {
                 // SAFETY (this block): `slot` is in the stripe whose lock
                 // `locked` holds.
                 let old_expiry = slot.expires_at();
@@ -249,11 +249,6 @@ impl Store {
                 self.reserve(old_charge, new_charge)?;
                 if old_expiry != NO_EXPIRY {
                     expiry.remove(&(old_expiry, slot.address()));
-                    if expired_at(old_expiry, now_ms()) {
-                        // The old entry had expired: it counts as expired,
-                        // as when a read had found it first.
-                        self.expired.fetch_add(1, Ordering::Relaxed);
-                    }
                 }
                 if slot.fits(value.len()) {
                     unsafe { slot.overwrite(value, expires_at) };
@@ -271,19 +266,28 @@ impl Store {
                 if expires_at != NO_EXPIRY {
                     expiry.insert((expires_at, slot.address()), slot.clone());
                 }
+                return Ok(());
             }
-            None => {
-                self.reserve(0, new_charge)?;
-                let item = ItemRef::new(key, value, expires_at);
-                if expires_at != NO_EXPIRY {
-                    expiry.insert((expires_at, item.address()), item.clone());
-                }
-                self.order_of(index).insert(ByKey(item.clone()));
-                table.insert_unique(hash, item.clone(), |i| self.hasher.hash_one(i.key()));
-                let live = self.keys.fetch_add(1, Ordering::Relaxed) + 1;
-                self.policy.insert(&item, new_charge, live);
-            }
+            Some(_) => true,
+            None => false,
+        };
+        if dead {
+            // An expired entry goes first, counted as expired as when a
+            // read had found it, so that this write is a fresh insert: it
+            // must not inherit the dead entry's policy bits (a SIEVE visit,
+            // an S3-FIFO frequency) or queue place, nor count as a hit.
+            self.remove_locked_as(locked, key, Why::Expired);
         }
+        self.reserve(0, new_charge)?;
+        let item = ItemRef::new(key, value, expires_at);
+        let Stripe { table, expiry } = &mut *locked.stripe;
+        if expires_at != NO_EXPIRY {
+            expiry.insert((expires_at, item.address()), item.clone());
+        }
+        self.order_of(index).insert(ByKey(item.clone()));
+        table.insert_unique(hash, item.clone(), |i| self.hasher.hash_one(i.key()));
+        let live = self.keys.fetch_add(1, Ordering::Relaxed) + 1;
+        self.policy.insert(&item, new_charge, live);
         Ok(())
     }
 
@@ -488,9 +492,53 @@ impl Store {
     }
 }
 
+/// Whether `item` has expired (it is still indexed until someone removes
+/// it). Reads the clock only for items with a deadline.
+fn is_dead(item: &ItemRef) -> bool {
+    let expires_at = item.expires_at();
+    expires_at != NO_EXPIRY && expired_at(expires_at, now_ms())
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic under a stripe lock happens between whole steps of a write
     // (a user closure of `update` runs before anything is changed), so the
     // data is consistent and poisoning is ignored.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writing a key whose entry has expired (and is still indexed, as
+    /// until the sweep or a read reaches it) is a fresh insert: the dead
+    /// entry's policy bits do not carry over, so it is not a hit, and the
+    /// dead entry counts as expired.
+    #[test]
+    fn writing_over_an_expired_entry_is_a_fresh_insert() {
+        for kind in [EvictionPolicy::Sieve, EvictionPolicy::S3Fifo] {
+            let store = Store::new(1 << 20, kind);
+            let mut locked = store.lock("k");
+            // A deadline long past, so the entry is dead at once.
+            store.write_locked(&mut locked, "k", "old", 1).unwrap();
+            let dead = locked.view("k").unwrap().item.clone();
+            // Read while it was live.
+            store.policy.touch(&dead);
+            store
+                .write_locked(&mut locked, "k", "new", NO_EXPIRY)
+                .unwrap();
+            let view = locked.view("k").unwrap();
+            assert_eq!(view.value, "new");
+            assert!(!ItemRef::ptr_eq(view.item, &dead), "{kind}");
+            assert!(dead.removed.load(Ordering::Relaxed), "{kind}");
+            assert_eq!(view.item.meta.load(Ordering::Relaxed), 0, "{kind}");
+            assert_eq!(store.expired.load(Ordering::Relaxed), 1, "{kind}");
+            assert_eq!(store.len(), 1, "{kind}");
+            assert_eq!(
+                store.used.load(Ordering::Relaxed),
+                charge(1, 3, NO_EXPIRY),
+                "{kind}"
+            );
+        }
+    }
 }
