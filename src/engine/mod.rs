@@ -101,6 +101,14 @@ pub trait KvsEngine: Clone + Send + 'static {
     /// back. No other write to `key` comes between the read and the write,
     /// so conditional sets, counters and appends built on it are not racy.
     /// A write has the same durability as [`set`](Self::set).
+    ///
+    /// `f` runs while the engine holds the lock that serialises writes to
+    /// `key` (the [`KvStore`](crate::KvStore) writer lock; a
+    /// [`MemoryEngine`](crate::MemoryEngine) stripe lock, shared with the
+    /// keys hashed to the same stripe), so it must not call the engine: a
+    /// `get` of a key in the same stripe, or any write, waits for that lock
+    /// forever. Keep it short, too: operations on the keys sharing the lock
+    /// wait for it.
     fn update<R>(&self, key: String, f: impl FnOnce(Option<Entry>) -> (Update, R)) -> Result<R>;
 
     /// Up to `limit` live keys in ascending byte order, strictly after

@@ -35,8 +35,10 @@ use crate::{KvsError, Result};
 pub const OOM_MESSAGE: &str = "command not allowed when used memory > 'maxmemory'.";
 
 /// Stripes. Enough that threads working on different keys rarely share
-/// one; few enough that a scan, which visits each stripe's ordered set,
-/// stays cheap, and that `clear` can take them all.
+/// one, and that a table's rehash, which moves the whole stripe under its
+/// lock while the stripe's reads wait, moves a 64th of the keys; few enough
+/// that `clear` can take them all. Scans do not visit stripes (they merge
+/// the `SHARDS` ordered sets), so they do not pay for more of them.
 const STRIPES: usize = 64;
 
 /// Ordered sets. A scan seeks in each, so fewer is a cheaper scan; more is
