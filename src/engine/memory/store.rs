@@ -17,12 +17,12 @@
 use std::borrow::Borrow;
 use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, RandomState};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use hashbrown::{DefaultHashBuilder, HashTable};
+use hashbrown::HashTable;
 
 use super::item::{ItemRef, MAX_LEN, charge};
 use super::policy::{EvictionPolicy, Policy};
@@ -131,7 +131,12 @@ pub struct Store {
     /// Stripe `i`'s keys are in set `i % SHARDS`. Lock order: a stripe,
     /// then a set.
     order: Box<[Padded<BTreeSet<ByKey>>]>,
-    hasher: DefaultHashBuilder,
+    /// SipHash-1-3 with a per-process random key (std's `RandomState`),
+    /// not hashbrown's default (foldhash's fast variant), which its own
+    /// docs rule out where someone may craft colliding inputs: clients
+    /// choose the keys, and a stripe's probes run under its lock, so keys
+    /// crafted to collide would stall every client of that stripe.
+    hasher: RandomState,
     keys: AtomicU64,
     /// Bytes accounted for all entries ([`charge`]).
     pub used: AtomicU64,
@@ -165,7 +170,7 @@ impl Store {
         Store {
             stripes: (0..STRIPES).map(|_| Padded::default()).collect(),
             order: (0..SHARDS).map(|_| Padded::default()).collect(),
-            hasher: DefaultHashBuilder::default(),
+            hasher: RandomState::new(),
             keys: AtomicU64::new(0),
             used: AtomicU64::new(0),
             expired: AtomicU64::new(0),
