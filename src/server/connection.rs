@@ -30,13 +30,14 @@ use super::pipeline::Pipeline;
 use super::resp::Resp;
 use super::{ServerConfig, ServerStats};
 use crate::command::ServerContext;
-use crate::thread_pool::SharedQueueThreadPool;
+use crate::thread_pool::Batcher;
 use crate::{KvsEngine, KvsError, Result};
 
 /// What every connection task shares. The engine is not in here: engines
 /// are `Send` but need not be `Sync`, so each connection owns its clones.
 pub(crate) struct Shared {
-    pub(crate) pool: Arc<SharedQueueThreadPool>,
+    /// Engine calls go to the pool through it, batched per I/O turn.
+    pub(crate) batcher: Arc<Batcher>,
     pub(crate) config: ServerConfig,
     pub(crate) stats: Arc<ServerStats>,
     /// Bytes of request input buffered across all connections.
@@ -224,7 +225,7 @@ async fn drive<E: KvsEngine, P: Protocol>(
     let mut written_total = 0u64;
     let mut charges: VecDeque<(u64, Charge)> = VecDeque::new();
     let mut pipeline: Pipeline<E, P::Job> =
-        Pipeline::new(template, shared.pool.clone(), Arc::clone(&ctx));
+        Pipeline::new(template, Arc::clone(&shared.batcher), Arc::clone(&ctx));
 
     // `accepting`: new requests are still decoded and executed (false after
     // shutdown starts, the client quit or the stream is beyond repair).

@@ -36,7 +36,7 @@ pub use launch::{Settings, serve};
 pub use stats::{Counter, ServerStats, StatsSnapshot, rss_bytes};
 
 use crate::command::ServerContext;
-use crate::thread_pool::SharedQueueThreadPool;
+use crate::thread_pool::{Batcher, SharedQueueThreadPool};
 use crate::{KvsEngine, Result};
 use connection::Shared;
 use reject::reject;
@@ -44,6 +44,11 @@ use reject::reject;
 /// First and longest pause after a failed `accept` (EMFILE and the like):
 /// the loop backs off instead of spinning on an error that persists.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
+
+/// Requests per pool job when the connections of one I/O turn send
+/// theirs together: past this a turn's requests go in several jobs, so a
+/// busy turn still spreads over the pool's workers.
+const JOB_REQUESTS: usize = 64;
 
 /// Serves `engine` on `listener` until `token` is cancelled, then shuts
 /// down gracefully (see the module docs) and returns.
@@ -105,7 +110,7 @@ pub async fn run_with_stats<E: KvsEngine>(
     let rejecting = Arc::new(Semaphore::new(config.max_rejecting));
     let commands = Arc::new(command_context(&config, &listener, &stats));
     let shared = Arc::new(Shared {
-        pool,
+        batcher: Arc::new(Batcher::new(pool, JOB_REQUESTS)),
         input_budget: Arc::new(Semaphore::new(config.input_budget)),
         replies: Arc::new(job::ReplyBudget::new(config.reply_budget)),
         config,
@@ -161,7 +166,7 @@ pub async fn run_with_stats<E: KvsEngine>(
     tracker.wait().await;
 
     // Every response has been sent; make what they acknowledged durable.
-    let flushed = shared.pool.run(move || engine.flush()).await;
+    let flushed = shared.batcher.pool().run(move || engine.flush()).await;
     // Dropping the last handle joins the pool's workers: a blocking wait,
     // so not on a runtime worker.
     let _ = tokio::task::spawn_blocking(move || drop(shared)).await;

@@ -26,7 +26,7 @@ use tracing::warn;
 use super::job::{Charged, Job, JobContext};
 use crate::KvsEngine;
 use crate::command::Scope;
-use crate::thread_pool::{Blocking, SharedQueueThreadPool};
+use crate::thread_pool::{Batcher, Blocking};
 
 /// A place in the response order: answered on the spot (ping, protocol
 /// errors) or a group of requests running on the pool with an engine clone
@@ -70,7 +70,7 @@ impl<E, O> Future for Pending<E, O> {
 /// One connection's requests in flight, in request order.
 pub(crate) struct Pipeline<E, J: Job> {
     in_flight: FuturesOrdered<Pending<E, Charged<J::Output>>>,
-    pool: Arc<SharedQueueThreadPool>,
+    batcher: Arc<Batcher>,
     ctx: Arc<JobContext>,
     /// Cloned from when `stash` is empty.
     template: E,
@@ -109,14 +109,10 @@ pub(crate) struct Pipeline<E, J: Job> {
 }
 
 impl<E: KvsEngine, J: Job> Pipeline<E, J> {
-    pub(crate) fn new(
-        template: E,
-        pool: Arc<SharedQueueThreadPool>,
-        ctx: Arc<JobContext>,
-    ) -> Pipeline<E, J> {
+    pub(crate) fn new(template: E, batcher: Arc<Batcher>, ctx: Arc<JobContext>) -> Pipeline<E, J> {
         Pipeline {
             in_flight: FuturesOrdered::new(),
-            pool,
+            batcher,
             ctx,
             template,
             stash: Vec::new(),
@@ -199,25 +195,32 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
         }
     }
 
-    /// Sends the current batch to the pool as one job.
+    /// Sends the current batch to the pool, in one job with the batches
+    /// other connections send in this turn of the I/O thread (see
+    /// [`Batcher`]), or in a job of its own when it may hold the worker
+    /// long: a whole-keyspace command, or writes that wait for the disk.
     pub(crate) fn launch_batch(&mut self) {
         if self.batch.is_empty() {
             return;
         }
         let jobs = std::mem::take(&mut self.batch);
+        let alone = self.batch_writes && self.ctx.config.writes_wait_for_disk;
         self.batch_writes = false;
         let count = jobs.len();
         let last = self.started + count as u64 - 1;
         self.started += count as u64;
         self.running += count;
+        let mut whole_keyspace = false;
         for job in &jobs {
             match job.scope() {
                 Scope::Keys => {}
                 Scope::ReadsAll => {
+                    whole_keyspace = true;
                     self.all_read = Some(last);
                     self.any_touch = Some(last);
                 }
                 Scope::WritesAll => {
+                    whole_keyspace = true;
                     self.all_write = Some(last);
                     self.any_touch = Some(last);
                     self.any_write = Some(last);
@@ -235,13 +238,18 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
         }
         let engine = self.stash.pop().unwrap_or_else(|| self.template.clone());
         let ctx = Arc::clone(&self.ctx);
-        let job = self.pool.run(move || {
+        let run = move || {
             let outputs = jobs
                 .into_iter()
                 .map(|job| ctx.replies.charge::<J>(job.run(&engine, &ctx)))
                 .collect();
             (engine, outputs)
-        });
+        };
+        let job = if alone || whole_keyspace {
+            self.batcher.pool().run(run)
+        } else {
+            self.batcher.run(count, run)
+        };
         self.in_flight.push_back(Pending::Engine {
             job,
             requests: count,
@@ -341,7 +349,7 @@ mod tests {
     use super::*;
     use crate::MemoryEngine;
     use crate::server::{ServerConfig, ServerStats};
-    use crate::thread_pool::ThreadPool;
+    use crate::thread_pool::{SharedQueueThreadPool, ThreadPool};
 
     /// A job on one key that records when it ran; `job(0, ..)` style ids.
     struct Probe {
@@ -381,9 +389,13 @@ mod tests {
         }
     }
 
-    fn pipeline() -> Pipeline<MemoryEngine, Probe> {
+    fn batcher() -> Arc<Batcher> {
         let pool = Arc::new(<SharedQueueThreadPool as ThreadPool>::new(4).unwrap());
-        let ctx = Arc::new(JobContext {
+        Arc::new(Batcher::new(pool, 64))
+    }
+
+    fn context() -> Arc<JobContext> {
+        Arc::new(JobContext {
             config: ServerConfig::default(),
             stats: Arc::new(ServerStats::default()),
             connection: 1,
@@ -391,8 +403,11 @@ mod tests {
                 crate::server::StatsSnapshot::default,
             ))),
             replies: Arc::new(super::super::job::ReplyBudget::new(1 << 20)),
-        });
-        Pipeline::new(MemoryEngine::new(), pool, ctx)
+        })
+    }
+
+    fn pipeline() -> Pipeline<MemoryEngine, Probe> {
+        Pipeline::new(MemoryEngine::new(), batcher(), context())
     }
 
     fn probe(log: &Arc<Mutex<Vec<u32>>>, id: u32, key: &'static str, writes: bool) -> Probe {
@@ -529,5 +544,109 @@ mod tests {
         assert_eq!(p.conflict(&probe(&log, 3, "zzz", false)), Some(1));
         assert_eq!(p.conflict(&scan), Some(1));
         assert_eq!(next(&mut p).await, Some(vec![1]));
+    }
+
+    /// A real engine call: `SET key value` (answers `None`) or `GET key`.
+    struct Op {
+        key: String,
+        value: Option<String>,
+    }
+
+    impl Job for Op {
+        type Output = Option<String>;
+
+        fn for_each_key(&self, f: &mut dyn FnMut(&[u8], bool)) {
+            f(self.key.as_bytes(), self.value.is_some());
+        }
+
+        fn run<E: KvsEngine>(self, engine: &E, _: &JobContext) -> Option<String> {
+            match self.value {
+                Some(value) => {
+                    engine.set(self.key, value).unwrap();
+                    None
+                }
+                None => engine.get(self.key).unwrap(),
+            }
+        }
+
+        fn failed(n: usize) -> Vec<Option<String>> {
+            vec![Some("failed".to_owned()); n]
+        }
+
+        fn output_len(_: &Option<String>) -> usize {
+            8
+        }
+
+        fn refused(_: usize) -> Option<String> {
+            Some("refused".to_owned())
+        }
+    }
+
+    /// One connection's loop in miniature: up to `window` requests in
+    /// flight, every output collected in order.
+    async fn serve(
+        mut p: Pipeline<MemoryEngine, Op>,
+        ops: Vec<Op>,
+        window: usize,
+    ) -> Vec<Option<String>> {
+        let mut ops = ops.into_iter().peekable();
+        let mut out = Vec::new();
+        loop {
+            while ops.peek().is_some() && !p.is_blocked() && p.len() < window {
+                p.submit(ops.next().unwrap());
+            }
+            let _ = p.is_blocked();
+            p.launch_batch();
+            match p.next_finished().await {
+                Some(outputs) => out.extend(outputs.into_iter().map(|c| c.output)),
+                None if ops.peek().is_none() && p.is_empty() => return out,
+                None => {}
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_sharing_pool_jobs_keep_their_order_and_their_writes() {
+        let batcher = batcher();
+        let engine = MemoryEngine::new();
+        let mut tasks = Vec::new();
+        for conn in 0..20 {
+            // Each connection writes then reads its own key and a key all
+            // of them share, and must read back its own write of its key.
+            let mut ops = Vec::new();
+            let mut expected = Vec::new();
+            for i in 0..50 {
+                let value = format!("{conn}-{i}");
+                ops.push(Op {
+                    key: format!("own{conn}"),
+                    value: Some(value.clone()),
+                });
+                expected.push(None);
+                ops.push(Op {
+                    key: format!("own{conn}"),
+                    value: None,
+                });
+                expected.push(Some(value.clone()));
+                ops.push(Op {
+                    key: "shared".to_owned(),
+                    value: Some(value.clone()),
+                });
+                expected.push(None);
+            }
+            let p = Pipeline::new(engine.clone(), Arc::clone(&batcher), context());
+            let window = [1, 4, 16][conn % 3];
+            tasks.push(tokio::spawn(async move {
+                assert_eq!(serve(p, ops, window).await, expected, "connection {conn}");
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let (jobs, batches) = batcher.counts();
+        assert!(
+            jobs < batches,
+            "batches of different connections shared pool jobs ({jobs} jobs for {batches} batches)"
+        );
+        assert!(engine.get("shared".to_owned()).unwrap().is_some());
     }
 }

@@ -54,8 +54,20 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
+    let (job, blocking) = bridged(f);
+    pool.spawn(job);
+    blocking
+}
+
+/// `f` wrapped as a pool job that catches its panic and sends its result,
+/// and the future that receives it; the job is the caller's to queue.
+pub(crate) fn bridged<F, T>(f: F) -> (impl FnOnce() + Send + 'static, Blocking<T>)
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
     let (sender, receiver) = oneshot::channel();
-    pool.spawn(move || {
+    let job = move || {
         // Caught here, not left to the worker, so the caller gets the panic
         // as an error value. `AssertUnwindSafe`: `f` is consumed by the
         // call, so nothing observes it half-run.
@@ -64,6 +76,6 @@ where
         // The receiver is gone if the caller stopped waiting (a timed-out or
         // disconnected request); the result has nowhere to go.
         let _ = sender.send(result);
-    });
-    Blocking { receiver }
+    };
+    (job, Blocking { receiver })
 }

@@ -9,15 +9,19 @@
 //! - [`NaiveThreadPool`]: one OS thread per job; a baseline.
 //! - [`SharedQueueThreadPool`]: a fixed set of workers pulling from one
 //!   queue; what the server uses.
+//! - [`Batcher`]: a submission queue in front of the shared-queue pool
+//!   that sends what async tasks submit in one runtime turn as one job.
 
 use std::any::Any;
 
 use crate::Result;
 
+mod batch;
 mod bridge;
 mod naive;
 mod shared_queue;
 
+pub use batch::Batcher;
 pub use bridge::{Blocking, spawn_blocking};
 pub use naive::NaiveThreadPool;
 pub use shared_queue::SharedQueueThreadPool;
