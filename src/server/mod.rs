@@ -164,6 +164,8 @@ pub async fn run_with_stats<E: KvsEngine>(
     );
     tracker.close();
     tracker.wait().await;
+    let (jobs, batches) = shared.batcher.counts();
+    info!(jobs, batches, "pool jobs sent for the connections' batches");
 
     // Every response has been sent; make what they acknowledged durable.
     let flushed = shared.batcher.pool().run(move || engine.flush()).await;

@@ -1,15 +1,17 @@
 //! A fixed set of workers pulling jobs from one shared queue.
 //!
-//! The queue is a std `mpsc` channel whose receiver sits behind a `Mutex`:
-//! std has no stable multi-consumer channel, and the mutex is held only by
-//! the one worker currently waiting in `recv`, so it adds a futex hand-off
-//! per job and no spinning. Closing the sender is the shutdown signal: `recv`
-//! keeps returning queued jobs and fails only once the queue is empty, so
-//! workers drain the queue and then exit by themselves.
+//! The queue is a `VecDeque` under a std `Mutex`, with a `Condvar` for
+//! idle workers and a count of them, so that a job wakes at most one
+//! worker and only when one is idle. (It was a std `mpsc` receiver behind
+//! a mutex: the worker waiting in `recv` held the mutex, so every job woke
+//! two workers, the one that took it and, through the mutex, the next
+//! one to wait: two context switches per job instead of one;
+//! BENCHMARKS.md, "Per-request cost".) Closing the queue is the shutdown
+//! signal: workers keep taking queued jobs and exit once it is empty.
 
+use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 
 use super::{Blocking, ThreadPool, check_threads, panic_message, spawn_blocking};
@@ -28,10 +30,46 @@ type Job = Box<dyn FnOnce() + Send + 'static>;
 /// [`spawn`](ThreadPool::spawn) or [`run`](Self::run) from any thread or task.
 #[derive(Debug)]
 pub struct SharedQueueThreadPool {
-    /// `None` only inside `drop`, where taking it closes the queue.
-    sender: Option<Sender<Job>>,
+    shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
     threads: u32,
+}
+
+/// What the pool and its workers share.
+#[derive(Debug)]
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Signalled when a job is queued for an idle worker, and (to all) on
+    /// close.
+    work: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Workers waiting on `work`.
+    idle: usize,
+    /// Set by `drop`: workers exit once `jobs` is empty.
+    closed: bool,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("jobs", &self.jobs.len())
+            .field("idle", &self.idle)
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // Only queue operations run under the lock (jobs run outside it),
+        // and none of them can leave the queue half-changed: recovering a
+        // poisoned guard is correct.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl SharedQueueThreadPool {
@@ -57,21 +95,22 @@ impl SharedQueueThreadPool {
 impl ThreadPool for SharedQueueThreadPool {
     fn new(threads: u32) -> Result<Self> {
         check_threads(threads)?;
-        let (sender, receiver) = mpsc::channel::<Job>();
-        let receiver = Arc::new(Mutex::new(receiver));
         // Built before the workers so that a failed spawn below returns
         // through `Drop`, which closes the queue and joins the workers
         // already started instead of leaking them.
         let mut pool = SharedQueueThreadPool {
-            sender: Some(sender),
+            shared: Arc::new(Shared {
+                queue: Mutex::new(Queue::default()),
+                work: Condvar::new(),
+            }),
             workers: Vec::with_capacity(threads as usize),
             threads,
         };
         for id in 0..threads {
-            let receiver = Arc::clone(&receiver);
+            let shared = Arc::clone(&pool.shared);
             let handle = thread::Builder::new()
                 .name(format!("kvs-worker-{id}"))
-                .spawn(move || worker_loop(&receiver))?;
+                .spawn(move || worker_loop(&shared))?;
             pool.workers.push(handle);
         }
         Ok(pool)
@@ -81,44 +120,56 @@ impl ThreadPool for SharedQueueThreadPool {
     where
         F: FnOnce() + Send + 'static,
     {
-        let Some(sender) = &self.sender else {
-            // Unreachable: the sender is taken only in `drop`, and `spawn`
-            // cannot be called on a pool that is being dropped.
-            return;
+        let wake = {
+            let mut queue = self.shared.lock();
+            if queue.closed {
+                // Unreachable: the queue is closed only in `drop`, and
+                // `spawn` cannot be called on a pool that is being dropped.
+                // The job (and any reply channel it owns) is dropped, so a
+                // bridged caller sees `Closed` rather than waiting forever.
+                tracing::error!("thread pool is closed; job dropped");
+                return;
+            }
+            queue.jobs.push_back(Box::new(job));
+            queue.idle > 0
         };
-        // Fails only if every receiver is gone, i.e. every worker has exited,
-        // which catching panics rules out short of a worker being killed by
-        // something other than a job's panic. The job (and any reply channel
-        // it owns) is dropped with the error, so a bridged caller sees
-        // `Closed` rather than waiting forever.
-        if sender.send(Box::new(job)).is_err() {
-            tracing::error!("thread pool has no workers left; job dropped");
+        // A busy pool takes the job when a worker finishes its current
+        // one, without any system call.
+        if wake {
+            self.shared.work.notify_one();
         }
     }
 }
 
 /// Takes jobs until the queue is closed and empty.
 ///
-/// NOTE: an idle worker blocks in `recv` at once. It used to yield its core
+/// NOTE: an idle worker waits on the condvar at once. It used to yield its core
 /// up to 200 times first, to take the next job without a futex wake; under
 /// load that yielding was the largest single cost of the server (a quarter
 /// of its CPU time in `sched_yield` and the context switches it causes,
 /// about four calls per request at pipeline 1; BENCHMARKS.md, "Per-request
-/// cost"). The channel wakes a worker only when one is blocked, so a busy
-/// pool takes queued jobs without any system call.
-fn worker_loop(receiver: &Mutex<Receiver<Job>>) {
+/// cost"). A job wakes a worker only when one is idle, so a busy pool
+/// takes queued jobs without any system call.
+fn worker_loop(shared: &Shared) {
     loop {
-        // The guard lives only for this statement: the lock is released
-        // before the job runs, so other workers can take the next job.
-        // Poisoning would need a panic while the lock is held, and only
-        // `recv` runs under it; recovering the guard is still correct, as a
-        // `Receiver` has no invariant a panic could break.
-        let next = receiver
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .recv();
-        // Queue closed and drained: the pool is being dropped.
-        let Ok(job) = next else { return };
+        let job = {
+            let mut queue = shared.lock();
+            loop {
+                if let Some(job) = queue.jobs.pop_front() {
+                    break job;
+                }
+                // Closed and drained: the pool is being dropped.
+                if queue.closed {
+                    return;
+                }
+                queue.idle += 1;
+                queue = shared
+                    .work
+                    .wait(queue)
+                    .unwrap_or_else(PoisonError::into_inner);
+                queue.idle -= 1;
+            }
+        };
         // Catch rather than respawn: the worker keeps its name and its place
         // in `workers` (so `drop` joins exactly the threads it started),
         // there is no window with one worker fewer, and no thread creation,
@@ -142,9 +193,10 @@ fn worker_loop(receiver: &Mutex<Receiver<Job>>) {
 
 impl Drop for SharedQueueThreadPool {
     fn drop(&mut self) {
-        // Closing the queue is the only shutdown signal: workers blocked in
-        // `recv` wake, drain what is queued, and exit.
-        drop(self.sender.take());
+        // Closing the queue is the only shutdown signal: idle workers wake,
+        // drain what is queued, and exit.
+        self.shared.lock().closed = true;
+        self.shared.work.notify_all();
         let current = thread::current().id();
         for worker in self.workers.drain(..) {
             // A job may hold the last handle to the pool, so `drop` can run
