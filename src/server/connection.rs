@@ -339,8 +339,8 @@ async fn drive<E: KvsEngine, P: Protocol>(
                 if wbuf.is_empty() {
                     write_progress = Instant::now();
                 }
-                let mut queue = |outputs: Vec<Charged<_>>, wbuf: &mut BytesMut| {
-                    for Charged { output, charge } in outputs {
+                let mut queue = |outputs: &mut Vec<Charged<_>>, wbuf: &mut BytesMut| {
+                    for Charged { output, charge } in outputs.drain(..) {
                         proto.encode(&output, wbuf, &ctx);
                         if let Some(charge) = charge {
                             // Held until its last byte has been written.
@@ -348,13 +348,16 @@ async fn drive<E: KvsEngine, P: Protocol>(
                         }
                     }
                 };
-                queue(outputs, &mut wbuf);
+                let mut outputs = outputs;
+                queue(&mut outputs, &mut wbuf);
+                pipeline.recycle(outputs);
                 // Collect every other finished response now, so that one
                 // write carries them all.
                 while wbuf.len() < WRITE_HIGH_WATER
-                    && let Some(outputs) = pipeline.try_next_finished()
+                    && let Some(mut outputs) = pipeline.try_next_finished()
                 {
-                    queue(outputs, &mut wbuf);
+                    queue(&mut outputs, &mut wbuf);
+                    pipeline.recycle(outputs);
                 }
             }
             written = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => {

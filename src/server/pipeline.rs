@@ -9,18 +9,20 @@
 //!
 //! The pipeline owns its futures: the connection loop awaits
 //! [`Pipeline::next_finished`] for the next output in request order and
-//! never sees the jobs themselves.
+//! never sees the jobs themselves. Only the oldest entry is ever polled:
+//! answers leave in request order, so a later job finishing first needs
+//! no wake-up, and a queue of plain futures needs no allocation per entry
+//! (as `FuturesOrdered` makes).
 
-use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures::StreamExt;
-use futures::stream::FuturesOrdered;
+use futures::FutureExt;
 use tracing::warn;
 
 use super::job::{Charged, Job, JobContext};
@@ -30,32 +32,33 @@ use crate::thread_pool::{Batcher, Blocking};
 
 /// A place in the response order: answered on the spot (ping, protocol
 /// errors) or a group of requests running on the pool with an engine clone
-/// that comes back with the outputs.
-enum Pending<E, O> {
-    Ready(Option<O>),
+/// and the emptied request vector, which come back with the outputs to be
+/// used again.
+enum Pending<R, O> {
+    Ready(Option<Vec<O>>),
     Engine {
-        job: Blocking<(E, Vec<O>)>,
+        job: Blocking<(R, Vec<O>)>,
         requests: usize,
         failed: fn(usize) -> Vec<O>,
     },
 }
 
-impl<E, O> Unpin for Pending<E, O> {}
+impl<R, O> Unpin for Pending<R, O> {}
 
-impl<E, O> Future for Pending<E, O> {
-    type Output = (Option<E>, Vec<O>);
+impl<R, O> Future for Pending<R, O> {
+    type Output = (Option<R>, Vec<O>);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
-            // `FuturesOrdered` never polls a finished future again, so the
-            // slot is always full here.
-            Pending::Ready(output) => Poll::Ready((None, output.take().into_iter().collect())),
+            // A finished entry is removed at once and never polled again,
+            // so the slot is always full here.
+            Pending::Ready(outputs) => Poll::Ready((None, outputs.take().unwrap_or_default())),
             Pending::Engine {
                 job,
                 requests,
                 failed,
             } => Pin::new(job).poll(cx).map(|result| match result {
-                Ok((engine, outputs)) => (Some(engine), outputs),
+                Ok((reuse, outputs)) => (Some(reuse), outputs),
                 Err(e) => {
                     // The job panicked: every request in it fails, and the
                     // client still gets one response per request.
@@ -67,9 +70,21 @@ impl<E, O> Future for Pending<E, O> {
     }
 }
 
+/// What a finished job hands back for the next one: its engine clone and
+/// its request vector, empty with its capacity kept.
+struct Reuse<E, J> {
+    engine: E,
+    jobs: Vec<J>,
+}
+
+/// Spare vectors kept per kind; more than a window's worth are never in
+/// use at once.
+const SPARES: usize = 8;
+
 /// One connection's requests in flight, in request order.
 pub(crate) struct Pipeline<E, J: Job> {
-    in_flight: FuturesOrdered<Pending<E, Charged<J::Output>>>,
+    /// Entries in request order; only the front one is polled.
+    in_flight: VecDeque<Pending<Reuse<E, J>, Charged<J::Output>>>,
     batcher: Arc<Batcher>,
     ctx: Arc<JobContext>,
     /// Cloned from when `stash` is empty.
@@ -77,6 +92,10 @@ pub(crate) struct Pipeline<E, J: Job> {
     /// Engine clones back from the pool: `KvStore` clones keep their own
     /// read handles, so they are reused rather than made per request.
     stash: Vec<E>,
+    /// Emptied request and output vectors, kept so that a batch costs no
+    /// allocation for them.
+    spare_jobs: Vec<Vec<J>>,
+    spare_outputs: Vec<Vec<Charged<J::Output>>>,
     /// Requests accepted but not yet sent to the pool; they go as one job.
     ///
     /// A batch holds whatever the connection decoded before it next waits
@@ -111,11 +130,13 @@ pub(crate) struct Pipeline<E, J: Job> {
 impl<E: KvsEngine, J: Job> Pipeline<E, J> {
     pub(crate) fn new(template: E, batcher: Arc<Batcher>, ctx: Arc<JobContext>) -> Pipeline<E, J> {
         Pipeline {
-            in_flight: FuturesOrdered::new(),
+            in_flight: VecDeque::new(),
             batcher,
             ctx,
             template,
             stash: Vec::new(),
+            spare_jobs: Vec::new(),
+            spare_outputs: Vec::new(),
             batch: Vec::new(),
             batch_writes: false,
             running: 0,
@@ -165,8 +186,9 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
         self.launch_batch();
         self.started += 1;
         self.running += 1;
-        self.in_flight
-            .push_back(Pending::Ready(Some(output.into())));
+        let mut outputs = self.spare_outputs.pop().unwrap_or_default();
+        outputs.push(output.into());
+        self.in_flight.push_back(Pending::Ready(Some(outputs)));
     }
 
     /// Accepts `job`: into the current batch, or held behind the earlier
@@ -203,7 +225,8 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
         if self.batch.is_empty() {
             return;
         }
-        let jobs = std::mem::take(&mut self.batch);
+        let next = self.spare_jobs.pop().unwrap_or_default();
+        let mut jobs = std::mem::replace(&mut self.batch, next);
         let alone = self.batch_writes && self.ctx.config.writes_wait_for_disk;
         self.batch_writes = false;
         let count = jobs.len();
@@ -237,13 +260,14 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
             });
         }
         let engine = self.stash.pop().unwrap_or_else(|| self.template.clone());
+        let mut outputs = self.spare_outputs.pop().unwrap_or_default();
         let ctx = Arc::clone(&self.ctx);
         let run = move || {
-            let outputs = jobs
-                .into_iter()
-                .map(|job| ctx.replies.charge::<J>(job.run(&engine, &ctx)))
-                .collect();
-            (engine, outputs)
+            outputs.extend(
+                jobs.drain(..)
+                    .map(|job| ctx.replies.charge::<J>(job.run(&engine, &ctx))),
+            );
+            (Reuse { engine, jobs }, outputs)
         };
         let job = if alone || whole_keyspace {
             self.batcher.pool().run(run)
@@ -260,24 +284,48 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
     /// The outputs of the next entry in request order, once it has
     /// finished; `None` when nothing is in flight.
     pub(crate) async fn next_finished(&mut self) -> Option<Vec<Charged<J::Output>>> {
-        let (engine, outputs) = self.in_flight.next().await?;
+        let (engine, outputs) = std::future::poll_fn(|cx| self.poll_front(cx)).await?;
         self.finished(engine, outputs.len());
         Some(outputs)
     }
 
     /// Like [`next_finished`](Self::next_finished), without waiting.
     pub(crate) fn try_next_finished(&mut self) -> Option<Vec<Charged<J::Output>>> {
-        use futures::FutureExt;
-        let (engine, outputs) = self.in_flight.next().now_or_never()??;
+        let (engine, outputs) = std::future::poll_fn(|cx| self.poll_front(cx)).now_or_never()??;
         self.finished(engine, outputs.len());
         Some(outputs)
     }
 
-    fn finished(&mut self, engine: Option<E>, answered: usize) {
+    /// Polls the oldest entry; removes it once it has finished.
+    #[allow(clippy::type_complexity)]
+    fn poll_front(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<(Option<Reuse<E, J>>, Vec<Charged<J::Output>>)>> {
+        let Some(front) = self.in_flight.front_mut() else {
+            return Poll::Ready(None);
+        };
+        let done = std::task::ready!(Pin::new(front).poll(cx));
+        self.in_flight.pop_front();
+        Poll::Ready(Some(done))
+    }
+
+    /// Takes back an output vector the caller has emptied.
+    pub(crate) fn recycle(&mut self, outputs: Vec<Charged<J::Output>>) {
+        debug_assert!(outputs.is_empty());
+        if self.spare_outputs.len() < SPARES && outputs.capacity() > 0 {
+            self.spare_outputs.push(outputs);
+        }
+    }
+
+    fn finished(&mut self, reuse: Option<Reuse<E, J>>, answered: usize) {
         self.done += answered as u64;
         self.running -= answered;
-        if let Some(engine) = engine {
+        if let Some(Reuse { engine, jobs }) = reuse {
             self.stash.push(engine);
+            if self.spare_jobs.len() < SPARES {
+                self.spare_jobs.push(jobs);
+            }
         }
         let done = self.done;
         if self.running == 0 {
