@@ -77,6 +77,10 @@ struct Reuse<E, J> {
     jobs: Vec<J>,
 }
 
+/// A place in one pipeline's response order, and what it yields.
+type Entry<E, J> = Pending<Reuse<E, J>, Charged<<J as Job>::Output>>;
+type Finished<E, J> = (Option<Reuse<E, J>>, Vec<Charged<<J as Job>::Output>>);
+
 /// Spare vectors kept per kind; more than a window's worth are never in
 /// use at once.
 const SPARES: usize = 8;
@@ -84,7 +88,7 @@ const SPARES: usize = 8;
 /// One connection's requests in flight, in request order.
 pub(crate) struct Pipeline<E, J: Job> {
     /// Entries in request order; only the front one is polled.
-    in_flight: VecDeque<Pending<Reuse<E, J>, Charged<J::Output>>>,
+    in_flight: VecDeque<Entry<E, J>>,
     batcher: Arc<Batcher>,
     ctx: Arc<JobContext>,
     /// Cloned from when `stash` is empty.
@@ -297,11 +301,7 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
     }
 
     /// Polls the oldest entry; removes it once it has finished.
-    #[allow(clippy::type_complexity)]
-    fn poll_front(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<(Option<Reuse<E, J>>, Vec<Charged<J::Output>>)>> {
+    fn poll_front(&mut self, cx: &mut Context<'_>) -> Poll<Option<Finished<E, J>>> {
         let Some(front) = self.in_flight.front_mut() else {
             return Poll::Ready(None);
         };
