@@ -46,9 +46,11 @@ use reject::reject;
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
 
 /// Requests per pool job when the connections of one I/O turn send
-/// theirs together: past this a turn's requests go in several jobs, so a
-/// busy turn still spreads over the pool's workers.
-const JOB_REQUESTS: usize = 64;
+/// theirs together: this many queued go to the pool at once, so that at
+/// high pipeline depths the pool works while the I/O thread still reads
+/// the turn's other connections (a job per window of `max_in_flight`
+/// requests, as before batching).
+const JOB_REQUESTS: usize = 32;
 
 /// Serves `engine` on `listener` until `token` is cancelled, then shuts
 /// down gracefully (see the module docs) and returns.

@@ -11,8 +11,11 @@
 //! Tokio defers a yielded task's wake until its worker has run the tasks
 //! already ready (or polled its event sources, at least every 61 polls), so
 //! every connection served in that turn has queued its work by then, and
-//! one wake-up carries all of it. Each submission still has its own
-//! [`Blocking`] future, and a panic fails only the submission that raised it.
+//! one wake-up carries all of it. A queue that reaches the job weight goes
+//! at once instead, so that with deep pipelines the pool does not wait
+//! idle for the I/O thread to finish the turn. Each submission still has
+//! its own [`Blocking`] future, and a panic fails only the submission that
+//! raised it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,6 +25,13 @@ use super::{Blocking, SharedQueueThreadPool, ThreadPool};
 
 type Task = Box<dyn FnOnce() + Send + 'static>;
 
+#[derive(Default)]
+struct Queue {
+    tasks: Vec<Task>,
+    /// Weight of `tasks`.
+    weight: usize,
+}
+
 /// A submission queue in front of a [`SharedQueueThreadPool`], flushed
 /// once per turn of the Tokio worker that filled it.
 ///
@@ -29,10 +39,11 @@ type Task = Box<dyn FnOnce() + Send + 'static>;
 /// to the pool at once, as [`SharedQueueThreadPool::run`] would send it.
 pub struct Batcher {
     pool: Arc<SharedQueueThreadPool>,
-    /// Submissions of this turn, each with its weight (requests).
-    queue: Mutex<Vec<(usize, Task)>>,
-    /// A flush sends a new pool job each time this much weight has been
-    /// taken, so a busy turn still spreads over the pool's workers.
+    /// Submissions of this turn not sent yet.
+    queue: Mutex<Queue>,
+    /// Once this much weight is queued it goes to the pool at once, so a
+    /// busy turn still spreads over the pool's workers and overlaps the
+    /// I/O thread's work.
     job_weight: usize,
     jobs: AtomicU64,
     submitted: AtomicU64,
@@ -51,13 +62,13 @@ impl std::fmt::Debug for Batcher {
 }
 
 impl Batcher {
-    /// A batcher sending to `pool`, starting a new pool job every
-    /// `job_weight` units of submitted weight (at least one submission per
+    /// A batcher sending to `pool`: at the end of each turn, or as soon as
+    /// `job_weight` units of weight are queued (at least one submission per
     /// job whatever its weight).
     pub fn new(pool: Arc<SharedQueueThreadPool>, job_weight: usize) -> Batcher {
         Batcher {
             pool,
-            queue: Mutex::new(Vec::new()),
+            queue: Mutex::new(Queue::default()),
             job_weight: job_weight.max(1),
             jobs: AtomicU64::new(0),
             submitted: AtomicU64::new(0),
@@ -80,11 +91,23 @@ impl Batcher {
     {
         let (task, blocking) = bridged(f);
         self.submitted.fetch_add(1, Ordering::Relaxed);
-        let first = {
+        let (first, full) = {
             let mut queue = self.lock();
-            queue.push((weight, Box::new(task)));
-            queue.len() == 1
+            queue.tasks.push(Box::new(task));
+            queue.weight += weight;
+            if queue.weight >= self.job_weight {
+                // A full job goes at once rather than at the end of the
+                // turn, so the pool works while the I/O thread is still
+                // reading the turn's other connections.
+                queue.weight = 0;
+                (false, Some(std::mem::take(&mut queue.tasks)))
+            } else {
+                (queue.tasks.len() == 1, None)
+            }
         };
+        if let Some(tasks) = full {
+            self.send(tasks);
+        }
         // Exactly one flusher is pending while the queue is not empty: the
         // one spawned by the submission that found it empty.
         if first {
@@ -111,19 +134,13 @@ impl Batcher {
 
     /// Sends everything queued to the pool.
     fn flush(&self) {
-        let tasks = std::mem::take(&mut *self.lock());
-        let mut job = Vec::new();
-        let mut weight = 0;
-        for (w, task) in tasks {
-            job.push(task);
-            weight += w;
-            if weight >= self.job_weight {
-                self.send(std::mem::take(&mut job));
-                weight = 0;
-            }
-        }
-        if !job.is_empty() {
-            self.send(job);
+        let tasks = {
+            let mut queue = self.lock();
+            queue.weight = 0;
+            std::mem::take(&mut queue.tasks)
+        };
+        if !tasks.is_empty() {
+            self.send(tasks);
         }
     }
 
@@ -135,7 +152,7 @@ impl Batcher {
             .spawn(move || tasks.into_iter().for_each(|task| task()));
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(usize, Task)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         // Only pushes and a `take` run under the lock; neither can leave
         // the vector inconsistent if a panic poisoned it.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
@@ -189,13 +206,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_flush_splits_at_the_job_weight() {
+    async fn a_full_job_goes_before_the_end_of_the_turn() {
         let b = batcher(2, 8);
-        let futures: Vec<_> = (0..10).map(|i| b.run(4, move || i)).collect();
+        let futures: Vec<_> = (0..9).map(|i| b.run(4, move || i)).collect();
+        assert_eq!(b.counts(), (4, 9), "sent at once: four jobs of two");
         for (i, f) in futures.into_iter().enumerate() {
             assert_eq!(f.await.unwrap(), i);
         }
-        assert_eq!(b.counts(), (5, 10), "two submissions of weight 4 per job");
+        assert_eq!(b.counts(), (5, 9), "the ninth at the end of the turn");
     }
 
     #[tokio::test]
