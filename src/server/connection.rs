@@ -333,7 +333,7 @@ async fn drive<E: KvsEngine, P: Protocol>(
             biased;
             // Finished replies are taken only while the write buffer has
             // room; until then they wait, charged to the reply budget.
-            Some(outputs) = pipeline.next_finished(),
+            Some(mut outputs) = pipeline.next_finished(),
                 if pipeline.is_running() && wbuf.len() < WRITE_HIGH_WATER =>
             {
                 if wbuf.is_empty() {
@@ -348,7 +348,6 @@ async fn drive<E: KvsEngine, P: Protocol>(
                         }
                     }
                 };
-                let mut outputs = outputs;
                 queue(&mut outputs, &mut wbuf);
                 pipeline.recycle(outputs);
                 // Collect every other finished response now, so that one

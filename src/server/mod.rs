@@ -48,8 +48,7 @@ const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration
 /// Requests per pool job when the connections of one I/O turn send
 /// theirs together: this many queued go to the pool at once, so that at
 /// high pipeline depths the pool works while the I/O thread still reads
-/// the turn's other connections (a job per window of `max_in_flight`
-/// requests, as before batching).
+/// the turn's other connections.
 const JOB_REQUESTS: usize = 32;
 
 /// Serves `engine` on `listener` until `token` is cancelled, then shuts
