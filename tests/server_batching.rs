@@ -108,9 +108,11 @@ async fn writes_that_wait_for_the_disk_keep_order_in_jobs_of_their_own() {
     let mut options = Options::default();
     options.sync = SyncMode::Always;
     let store = KvStore::open_with(dir.path(), options).unwrap();
-    let mut config = ServerConfig::default();
-    config.writes_wait_for_disk = true;
-    let server = TestServer::start(store.clone(), config).await;
+    // Under --sync always a write waits for an fsync: kept out of shared
+    // jobs, where reads still go.
+    assert!(!store.shares_pool_jobs(true));
+    assert!(store.shares_pool_jobs(false));
+    let server = TestServer::start(store.clone(), ServerConfig::default()).await;
     many_connections_keep_their_order(&server, 16, 10).await;
     server.stop().await;
     assert!(store.get("shared".to_owned()).unwrap().is_some());

@@ -134,6 +134,19 @@ pub trait KvsEngine: Clone + Send + 'static {
 
     /// Current counters and sizes.
     fn stats(&self) -> EngineStats;
+
+    /// Whether the server may run this engine's reads (`write` false) or
+    /// writes (`write` true) in one pool job together with other
+    /// connections' requests (`thread_pool::Batcher`): only where no such
+    /// call waits long, since the requests of a shared job run one after
+    /// another. The default, `false`, gives each connection's batch a job
+    /// of its own, so that a call that waits (on a disk, on a lock held
+    /// across I/O, in a test engine that holds it) never holds up another
+    /// connection's requests.
+    fn shares_pool_jobs(&self, write: bool) -> bool {
+        let _ = write;
+        false
+    }
 }
 
 /// Current Unix time in milliseconds.

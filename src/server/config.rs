@@ -53,12 +53,6 @@ pub struct ServerConfig {
     /// `CONFIG GET` answers beyond the defaults (`maxmemory`,
     /// `appendfsync`, ...), set from the server's flags.
     pub config_get: Vec<(String, String)>,
-    /// Whether the engine's writes wait for the disk (kvs `--sync
-    /// always`). Requests of many connections normally share one pool job
-    /// per turn of the I/O thread; writes that wait for an fsync go in jobs
-    /// of their own instead, so that concurrent writers still share one
-    /// fsync rather than wait for one each in turn.
-    pub writes_wait_for_disk: bool,
 }
 
 impl Default for ServerConfig {
@@ -77,7 +71,6 @@ impl Default for ServerConfig {
             password: None,
             info: ServerInfo::default(),
             config_get: Vec::new(),
-            writes_wait_for_disk: false,
         }
     }
 }

@@ -85,7 +85,6 @@ pub async fn serve(mut settings: Settings, token: CancellationToken) -> Result<(
 fn describe(settings: &mut Settings) {
     let persistent = settings.engine == EngineKind::Kvs;
     let cfg = &mut settings.config;
-    cfg.writes_wait_for_disk = persistent && settings.sync == SyncMode::Always;
     cfg.info.engine = settings.engine.name().to_owned();
     cfg.info.persistent = persistent;
     let fsync = match settings.sync {

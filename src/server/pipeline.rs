@@ -224,14 +224,15 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
     /// Sends the current batch to the pool, in one job with the batches
     /// other connections send in this turn of the I/O thread (see
     /// [`Batcher`]), or in a job of its own when it may hold the worker
-    /// long: a whole-keyspace command, or writes that wait for the disk.
+    /// long: a whole-keyspace command, or calls the engine says may wait
+    /// ([`KvsEngine::shares_pool_jobs`]).
     pub(crate) fn launch_batch(&mut self) {
         if self.batch.is_empty() {
             return;
         }
         let next = self.spare_jobs.pop().unwrap_or_default();
         let mut jobs = std::mem::replace(&mut self.batch, next);
-        let alone = self.batch_writes && self.ctx.config.writes_wait_for_disk;
+        let alone = !self.template.shares_pool_jobs(self.batch_writes);
         self.batch_writes = false;
         let count = jobs.len();
         let last = self.started + count as u64 - 1;

@@ -10,7 +10,7 @@ use super::index::now_ms;
 use super::record::Kind;
 use super::segment::{self, SegmentId};
 use super::write::check_sizes;
-use super::{KvStore, Stats};
+use super::{KvStore, Stats, SyncMode};
 use crate::engine::{EngineStats, Entry, Update};
 use crate::{KvsEngine, KvsError, Result};
 
@@ -62,6 +62,16 @@ impl KvStore {
 }
 
 impl KvsEngine for KvStore {
+    /// Reads are an index lookup and a copy out of a mapped segment (a
+    /// page fault on data not in the page cache is the one wait); writes
+    /// are a copy into the mapped active segment under the writer lock,
+    /// except under `SyncMode::Always`, where each waits for an fsync:
+    /// those go in jobs of their own, so that concurrent writers share one
+    /// fsync instead of waiting for one each in turn.
+    fn shares_pool_jobs(&self, write: bool) -> bool {
+        !write || self.core().opts.sync != SyncMode::Always
+    }
+
     fn set(&self, key: String, value: String) -> Result<()> {
         self.core().write(Kind::Put, key, &value, 0)
     }

@@ -75,6 +75,11 @@ impl MemoryEngine {
 }
 
 impl KvsEngine for MemoryEngine {
+    /// Every call is a few lock-protected memory operations.
+    fn shares_pool_jobs(&self, _write: bool) -> bool {
+        true
+    }
+
     fn set(&self, key: String, value: String) -> Result<()> {
         self.set_expiring(key, value, NO_EXPIRY)
     }
