@@ -1,7 +1,6 @@
 //! The public methods of `KvStore`: the `KvsEngine` operations and the
 //! store's own (compaction on demand, sizes).
 
-use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 
@@ -101,7 +100,7 @@ impl KvsEngine for KvStore {
         let core = self.core();
         let (lsn, r) = {
             let mut w = core.lock_writer();
-            let loc = core.index.get(key.as_str()).map(|e| e.value().load());
+            let loc = core.index.get(&key);
             let current = match loc {
                 Some(loc) if !loc.expired() => {
                     // NOTE: the record cannot be deleted under us: compaction
@@ -136,16 +135,14 @@ impl KvsEngine for KvStore {
         let index = &self.core().index;
         let now = now_ms();
         let mut out = Vec::with_capacity(limit.min(1024));
-        // NOTE: never `SkipMap::range()`: crossbeam-skiplist 0.1.3 leaks the
-        // nodes it visits.
         let mut e = match after {
-            Some(k) => index.lower_bound(Bound::Excluded(k)),
+            Some(k) => index.after(k),
             None => index.front(),
         };
         while out.len() < limit {
             let Some(entry) = e else { break };
-            if !entry.value().load().expired_at(now) {
-                out.push(entry.key().clone());
+            if !entry.key().load().expired_at(now) {
+                out.push(entry.key().key().to_owned());
             }
             e = entry.next();
         }

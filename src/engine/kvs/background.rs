@@ -2,7 +2,6 @@
 //! segments, and the expiry sweep) on one thread, the every-second sync on
 //! another.
 
-use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -74,7 +73,7 @@ impl Core {
         let now = now_ms();
         let mut found = Vec::new();
         let mut e = match &cursor {
-            Some(k) => self.index.lower_bound(Bound::Excluded(k.as_str())),
+            Some(k) => self.index.after(k),
             None => self.index.front(),
         };
         let mut last = None;
@@ -83,22 +82,24 @@ impl Core {
                 last = None;
                 break;
             };
-            let loc = entry.value().load();
+            let loc = entry.key().load();
             if loc.expired_at(now) {
                 found.push((entry.key().clone(), loc));
             }
-            last = Some(entry.key().clone());
+            last = Some(entry.key().key().to_owned());
             e = entry.next();
         }
         if !found.is_empty() {
             let mut w = self.lock_writer();
-            for (key, loc) in found {
-                if let Some(entry) = self.index.get(key.as_str())
-                    && entry.value().load() == loc
-                    && entry.remove()
+            for (node, loc) in found {
+                // The same node still at the same place: neither rewritten
+                // nor removed and set again since the walk saw it.
+                if self.index.node(node.key()).is_some_and(|n| n.same(&node))
+                    && node.load() == loc
+                    && self.index.remove(node.key())
                 {
                     w.live_bytes = w.live_bytes.saturating_sub(loc.len as u64);
-                    w.index_bytes = w.index_bytes.saturating_sub(index::entry_bytes(&key));
+                    w.index_bytes = w.index_bytes.saturating_sub(index::entry_bytes(node.key()));
                     self.expired.fetch_add(1, Ordering::Relaxed);
                 }
             }

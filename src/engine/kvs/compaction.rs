@@ -72,6 +72,7 @@ pub fn run(core: &Core) -> Result<()> {
             .filter_map(|(k, _, new)| new.map(|n| (k.clone(), n, record::Kind::Put)))
             .collect(),
         cleared: false,
+        open: false,
     };
     if let Err(e) = hint::write(&core.dir, out, copied.out_len, copied.out_crc, &latest) {
         tracing::warn!(error = %e, segment = out, "cannot write the hint of a compaction output");
@@ -85,19 +86,15 @@ pub fn run(core: &Core) -> Result<()> {
         for (key, old, new) in chunk {
             match new {
                 Some(new) => {
-                    if let Some(e) = core.index.get(key.as_str())
-                        && e.value().load() == *old
+                    if let Some(n) = core.index.node(key)
+                        && n.load() == *old
                     {
-                        e.value().store(*new);
+                        n.store(*new);
                     }
                 }
                 None => {
-                    if core
-                        .index
-                        .get(key.as_str())
-                        .is_some_and(|e| e.value().load() == *old)
-                    {
-                        core.index.remove(key.as_str());
+                    if core.index.get(key).is_some_and(|loc| loc == *old) {
+                        core.index.remove(key);
                         w.live_bytes = w.live_bytes.saturating_sub(old.len as u64);
                         w.index_bytes = w.index_bytes.saturating_sub(index::entry_bytes(key));
                         core.expired.fetch_add(1, Ordering::Relaxed);
@@ -216,12 +213,12 @@ fn copy_live(core: &Core, out: SegmentId, tmp: &std::path::Path) -> Result<Copie
                 "store is closing; compaction abandoned".into(),
             ));
         }
-        let old = entry.value().load();
+        let old = entry.key().load();
         if old.seg >= out {
             continue;
         }
         if old.expired_at(now) {
-            moved.push((entry.key().clone(), old, None));
+            moved.push((entry.key().key().to_owned(), old, None));
             continue;
         }
         let f = match handles.get(&old.seg) {
@@ -237,13 +234,13 @@ fn copy_live(core: &Core, out: SegmentId, tmp: &std::path::Path) -> Result<Copie
             || segment::path(&core.dir, old.seg),
             old.offset,
             old.len as usize,
-            Some(entry.key()),
+            Some(entry.key().key()),
             &mut buf,
         )?;
         bw.write_all(&buf).map_err(segment::io_at("write", tmp))?;
         crc.update(&buf);
         moved.push((
-            entry.key().clone(),
+            entry.key().key().to_owned(),
             old,
             Some(Loc {
                 seg: out,

@@ -1,5 +1,6 @@
-//! Hint files: for a sealed segment, the last record of each key, sorted
-//! by key, so that recovery need not decode and sort the whole segment.
+//! Hint files: for a sealed segment (and for the newest one at a clean
+//! close), the last record of each key, sorted by key, so that recovery
+//! need not decode and sort the whole segment.
 //! Layout and crash safety are in `docs/design.md` ("Hint files").
 //!
 //! A hint is only ever an optimisation: a missing, stale or damaged one is
@@ -16,8 +17,11 @@ use super::segment::{self, SegmentId};
 
 const MAGIC: &[u8; 4] = b"KVSH";
 const VERSION: u16 = 1;
-/// magic 4 | version 2 | reserved 2 | seg_len 8 | seg_crc 4 | cleared 1 | count 8
+/// magic 4 | version 2 | flags 2 | seg_len 8 | seg_crc 4 | cleared 1 | count 8
 const HEADER_LEN: usize = 29;
+/// Flag: written at a clean close for the newest segment, which has no
+/// seal and is appended to again after the next open.
+const FLAG_OPEN: u16 = 1;
 /// kind 1 | key_len 4 | offset 8 | len 4 | expires_at 8
 const ENTRY_LEN: usize = 25;
 
@@ -27,6 +31,9 @@ pub struct Latest {
     pub records: Vec<(String, Loc, Kind)>,
     /// The segment holds a `Clear`: `records` are those after the last one.
     pub cleared: bool,
+    /// The segment was the newest, unsealed, when the hint was written
+    /// (at a clean close); otherwise it was sealed.
+    pub open: bool,
 }
 
 /// Path of the hint of segment `id`.
@@ -72,7 +79,8 @@ pub fn write(dir: &Path, id: SegmentId, seg_len: u64, seg_crc: u32, l: &Latest) 
         let mut h = Vec::with_capacity(HEADER_LEN);
         h.extend_from_slice(MAGIC);
         h.extend_from_slice(&VERSION.to_le_bytes());
-        h.extend_from_slice(&0u16.to_le_bytes());
+        let flags = if l.open { FLAG_OPEN } else { 0 };
+        h.extend_from_slice(&flags.to_le_bytes());
         h.extend_from_slice(&seg_len.to_le_bytes());
         h.extend_from_slice(&seg_crc.to_le_bytes());
         h.push(l.cleared as u8);
@@ -140,6 +148,10 @@ fn decode(b: &[u8], id: SegmentId, seg_len: u64, seg_crc: u32) -> Result<Latest,
     if &body[..4] != MAGIC || u16_at(4) != VERSION {
         return Err("bad magic or version".into());
     }
+    let flags = u16_at(6);
+    if flags & !FLAG_OPEN != 0 {
+        return Err(format!("unknown flags {flags:#x}"));
+    }
     if u64_at(8) != seg_len || u32_at(16) != seg_crc {
         return Err("written for another version of the segment".into());
     }
@@ -184,7 +196,21 @@ fn decode(b: &[u8], id: SegmentId, seg_len: u64, seg_crc: u32) -> Result<Latest,
     if at != body.len() {
         return Err("bytes after the last entry".into());
     }
-    Ok(Latest { records, cleared })
+    Ok(Latest {
+        records,
+        cleared,
+        open: flags & FLAG_OPEN != 0,
+    })
+}
+
+/// Whether segment `id` has a hint written for it as a sealed segment
+/// (one written at close for the open segment is stale once the segment
+/// is sealed, and is replaced).
+fn has_sealed_hint(dir: &Path, id: SegmentId) -> bool {
+    let mut h = [0u8; 8];
+    File::open(path(dir, id)).is_ok_and(|mut f| {
+        f.read_exact(&mut h).is_ok() && u16::from_le_bytes([h[6], h[7]]) & FLAG_OPEN == 0
+    })
 }
 
 /// Length and CRC-32 of the whole file `p` (a sealed segment), read in
@@ -223,7 +249,14 @@ pub fn scan_latest(dir: &Path, id: SegmentId) -> crate::Result<(Latest, scan::Sc
         records.push((rec.key.to_owned(), loc, rec.header.kind));
     })?;
     let records = latest_per_key(records);
-    Ok((Latest { records, cleared }, s))
+    Ok((
+        Latest {
+            records,
+            cleared,
+            open: false,
+        },
+        s,
+    ))
 }
 
 /// Writes a hint for every sealed segment below `below` that has none;
@@ -236,7 +269,7 @@ pub fn write_missing(
 ) -> crate::Result<usize> {
     let mut n = 0;
     for id in segment::list_and_clean(dir)? {
-        if id >= below || tried.contains(&id) || path(dir, id).exists() {
+        if id >= below || tried.contains(&id) || has_sealed_hint(dir, id) {
             continue;
         }
         tried.insert(id);
@@ -252,6 +285,22 @@ pub fn write_missing(
         n += 1;
     }
     Ok(n)
+}
+
+/// Writes the hint of the newest segment `id` at a clean close: its file
+/// is `len` bytes with CRC-32 `crc` (what the writer appended, the reserved
+/// end cut off). Scans the segment as recovery would; writes nothing when
+/// the file does not read back as exactly that (a hint must describe the
+/// file as it is).
+pub fn write_open(dir: &Path, id: SegmentId, len: u64, crc: u32) -> crate::Result<bool> {
+    let (mut latest, s) = scan_latest(dir, id)?;
+    if s.sealed || s.crc != crc || !matches!(s.end, ScanEnd::Clean { len: l } if l == len) {
+        return Ok(false);
+    }
+    latest.open = true;
+    write(dir, id, len, crc, &latest)
+        .map_err(segment::io_at("write hint for", &segment::path(dir, id)))?;
+    Ok(true)
 }
 
 /// Deletes the hint of segment `id`, if any (before the segment itself).

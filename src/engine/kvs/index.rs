@@ -1,7 +1,13 @@
 //! The in-memory index: key to the position of its latest record.
 
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
+use std::ops::Bound;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use crossbeam_skiplist::SkipMap;
 
 use super::segment::SegmentId;
 
@@ -31,13 +37,175 @@ impl Loc {
     }
 }
 
-/// The index type.
+/// The index: every live key once, reachable two ways. A hash set serves
+/// point lookups (`get`, the writer's checks); a skip list keeps the keys in
+/// order for `scan`, the expiry sweep and compaction. Both hold the same
+/// [`Key`] (one `Arc` of a [`Node`]: key bytes and [`Slot`] are never
+/// copied).
 ///
-/// NOTE: values are [`Slot`]s updated in place rather than replaced with
-/// `SkipMap::insert`: crossbeam's insert over an existing key unlinks the old
-/// node before linking the new one, so a concurrent `get` could find no entry
-/// at all for a key that was never removed.
-pub type Index = crossbeam_skiplist::SkipMap<String, Slot>;
+/// NOTE: a key's position changes in place, in its [`Slot`]; the node is
+/// never replaced while the key lives (`papaya` and crossbeam both unlink
+/// an old entry before linking a replacement, so a concurrent `get` could
+/// find no entry for a key that was never removed). Only the holder of the
+/// writer lock inserts, removes or stores; readers take no lock.
+pub struct Index {
+    hash: papaya::HashSet<Key, foldhash::quality::RandomState>,
+    ordered: SkipMap<Key, ()>,
+}
+
+/// One key's entry, shared by both structures of the [`Index`].
+pub struct Node {
+    slot: Slot,
+    key: Box<str>,
+}
+
+impl Node {
+    /// The key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The key's current position (see [`Slot::load`]).
+    pub fn load(&self) -> Loc {
+        self.slot.load()
+    }
+
+    /// Moves the key. Only the holder of the writer lock may call it.
+    pub fn store(&self, loc: Loc) {
+        self.slot.store(loc)
+    }
+}
+
+/// A shared handle to a [`Node`], hashed, compared and borrowed as its key
+/// string so that both structures look it up by `&str`.
+#[derive(Clone)]
+pub struct Key(Arc<Node>);
+
+impl Key {
+    /// Whether both handles are the same node (not only the same key).
+    pub fn same(&self, other: &Key) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl std::ops::Deref for Key {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        &self.0
+    }
+}
+
+impl Borrow<str> for Key {
+    fn borrow(&self) -> &str {
+        &self.0.key
+    }
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        // The same bytes `str::hash` feeds, as `Borrow<str>` requires.
+        self.0.key.hash(h)
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.0.key == other.0.key
+    }
+}
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Key) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Key) -> std::cmp::Ordering {
+        self.0.key.cmp(&other.0.key)
+    }
+}
+
+/// An entry of the ordered walk.
+pub type OrderedEntry<'a> = crossbeam_skiplist::map::Entry<'a, Key, ()>;
+
+impl Index {
+    /// An empty index with room for `capacity` keys in its hash set.
+    pub fn with_capacity(capacity: usize) -> Index {
+        Index {
+            hash: papaya::HashSet::builder()
+                .capacity(capacity)
+                .hasher(foldhash::quality::RandomState::default())
+                .build(),
+            ordered: SkipMap::new(),
+        }
+    }
+
+    /// The current position of `key`, if it is in the index. Lock-free.
+    pub fn get(&self, key: &str) -> Option<Loc> {
+        self.hash.pin().get(key).map(|k| k.load())
+    }
+
+    /// A handle to the node of `key`, to read or move it under the writer
+    /// lock.
+    pub fn node(&self, key: &str) -> Option<Key> {
+        self.hash.pin().get(key).cloned()
+    }
+
+    /// Adds `key`, which is not in the index, at `loc`. Writer lock only.
+    pub fn insert(&self, key: String, loc: Loc) -> Key {
+        let k = Key(Arc::new(Node {
+            slot: Slot::new(loc),
+            key: key.into_boxed_str(),
+        }));
+        self.insert_key(k.clone());
+        k
+    }
+
+    /// Adds a node made by [`Index::insert`]'s caller (recovery).
+    fn insert_key(&self, k: Key) {
+        // Ordered first: a key a `get` can find is already in `scan`.
+        self.ordered.insert(k.clone(), ());
+        self.hash.pin().insert(k);
+    }
+
+    /// Removes `key`; returns whether it was there. Writer lock only.
+    pub fn remove(&self, key: &str) -> bool {
+        let was = self.hash.pin().remove(key);
+        self.ordered.remove(key);
+        was
+    }
+
+    /// Removes every key. Writer lock only.
+    pub fn clear(&self) {
+        self.hash.pin().clear();
+        self.ordered.clear();
+    }
+
+    /// Keys in the index.
+    pub fn len(&self) -> usize {
+        self.ordered.len()
+    }
+
+    /// The first key in order.
+    pub fn front(&self) -> Option<OrderedEntry<'_>> {
+        self.ordered.front()
+    }
+
+    /// The first key after `key` in order.
+    pub fn after(&self, key: &str) -> Option<OrderedEntry<'_>> {
+        // NOTE: never `SkipMap::range()`: crossbeam-skiplist 0.1.3 leaks
+        // the nodes it visits.
+        self.ordered.lower_bound(Bound::Excluded(key))
+    }
+
+    /// Every key in order.
+    pub fn iter(&self) -> crossbeam_skiplist::map::Iter<'_, Key, ()> {
+        self.ordered.iter()
+    }
+}
 
 /// A [`Loc`] that readers load without a lock while the single writer
 /// updates it: a sequence lock over three atomic words. Writers are
@@ -97,11 +265,15 @@ impl Slot {
 }
 
 /// Estimated bytes one index entry takes: the key's heap bytes, the
-/// `String` and [`Slot`] inline, and the skip-list node (refcount, height,
-/// and on average two tower pointers) rounded up for allocator overhead.
+/// shared [`Node`] with its `Arc` counts, the skip-list node (refcount,
+/// height, the `Key` and on average two tower pointers) and the hash set's
+/// share (its boxed entry and table slot at the load it keeps), as measured
+/// with a counting allocator (`benches/engine.rs` prints the total).
 pub fn entry_bytes(key: &str) -> u64 {
-    const NODE_OVERHEAD: usize = 48;
-    (key.len() + std::mem::size_of::<String>() + std::mem::size_of::<Slot>() + NODE_OVERHEAD) as u64
+    const ARC_COUNTS: usize = 16;
+    const ORDERED_NODE: usize = 32;
+    const HASH_ENTRY: usize = 28;
+    (key.len() + std::mem::size_of::<Node>() + ARC_COUNTS + ORDERED_NODE + HASH_ENTRY) as u64
 }
 
 /// Current Unix time in milliseconds.
@@ -115,6 +287,70 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(offset: u64) -> Loc {
+        Loc {
+            seg: 1,
+            len: 10,
+            offset,
+            expires_at: 0,
+        }
+    }
+
+    #[test]
+    fn both_halves_hold_the_same_keys_and_nodes() {
+        let index = Index::with_capacity(0);
+        for i in (0..100u64).rev() {
+            index.insert(format!("k{i:03}"), at(i));
+        }
+        assert_eq!(index.len(), 100);
+        assert_eq!(index.get("k042"), Some(at(42)));
+        // One node per key: moving it through the hash half moves it for
+        // the ordered walk too.
+        index.node("k042").unwrap().store(at(1042));
+        let walked: Vec<(String, u64)> = index
+            .iter()
+            .map(|e| (e.key().key().to_owned(), e.key().load().offset))
+            .collect();
+        assert_eq!(walked.len(), 100);
+        assert!(walked.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(walked[42], ("k042".to_string(), 1042));
+        assert_eq!(index.after("k098").unwrap().key().key(), "k099");
+        assert!(index.remove("k042"));
+        assert!(!index.remove("k042"));
+        assert_eq!(index.get("k042"), None);
+        assert_eq!(index.len(), 99);
+        index.clear();
+        assert_eq!((index.len(), index.get("k001")), (0, None));
+        assert!(index.front().is_none());
+    }
+
+    #[test]
+    fn a_lookup_never_misses_a_key_while_the_hash_half_grows() {
+        // Starts tiny: the inserts below resize the hash set many times
+        // while readers look up keys that are there throughout.
+        let index = Index::with_capacity(0);
+        for i in 0..16u64 {
+            index.insert(format!("stable{i}"), at(i));
+        }
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..200_000u64 {
+                    index.insert(format!("grow{i}"), at(i));
+                    index.node("stable3").unwrap().store(at(i));
+                }
+                done.store(true, Ordering::Relaxed);
+            });
+            let mut n = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                let k = format!("stable{}", n % 16);
+                assert!(index.get(&k).is_some(), "missed {k} after {n} lookups");
+                n += 1;
+            }
+        });
+        assert_eq!(index.len(), 200_016);
+    }
 
     #[test]
     fn slot_round_trips_and_readers_see_whole_values() {

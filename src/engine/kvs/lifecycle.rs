@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::background::{compactor, syncer};
-use super::index::Index;
+use super::hint;
 use super::reader::Reader;
 use super::writer::{self, GroupCommit, Writer};
 use super::{Core, KvStore, Options, SyncMode, recovery, segment};
@@ -51,10 +51,29 @@ impl Drop for Guard {
         // Every clone is gone and the threads are joined: nothing else maps
         // the file.
         let mut w = self.core.lock_writer();
-        if w.read_only.is_none()
-            && let Err(e) = w.trim()
-        {
+        if w.read_only.is_some() {
+            return;
+        }
+        if let Err(e) = w.trim() {
             tracing::warn!(error = %e, dir = %self.core.dir.display(), "cannot trim the active segment");
+            return;
+        }
+        // The newest segment's hint, so the next open need not scan and
+        // sort it (the largest part of an open with hints otherwise). Kept
+        // as it is when nothing was appended since an open that read it.
+        // Best effort: the next open checks it against the file anyway.
+        if !w.sealed && !(w.lsn == 0 && self.core.newest_hinted) {
+            let crc = w.crc.clone().finalize();
+            match hint::write_open(&self.core.dir, w.active, w.pos, crc) {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(
+                    segment = w.active,
+                    "the newest segment does not read back as written; no hint for it"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, segment = w.active, "cannot write the hint of the newest segment")
+                }
+            }
         }
     }
 }
@@ -117,8 +136,8 @@ impl KvStore {
                 }
             }
         }
-        let index = Index::new();
-        let rec = recovery::recover(&dir, &index, opts.segment_max_bytes)?;
+        let rec = recovery::recover(&dir, opts.segment_max_bytes)?;
+        let index = rec.index;
         tracing::debug!(dir = %dir.display(), keys = index.len(), active = rec.active, "store opened");
         let map = if rec.sealed || rec.read_only.is_some() {
             None
@@ -155,6 +174,7 @@ impl KvStore {
             compact_tx: Mutex::new(Some(compact_tx)),
             compaction_failures: AtomicU64::new(0),
             expired: AtomicU64::new(0),
+            newest_hinted: rec.newest_hinted,
             _lock: lock,
         });
 

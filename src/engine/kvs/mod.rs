@@ -65,6 +65,9 @@ pub(crate) struct Core {
     compaction_failures: AtomicU64,
     /// Expired keys dropped from the index since open.
     expired: AtomicU64,
+    /// The open read the newest segment from the hint written at the last
+    /// close (still valid while nothing is appended).
+    newest_hinted: bool,
     /// Holds the directory lock for as long as the store is open.
     _lock: File,
 }

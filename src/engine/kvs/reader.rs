@@ -66,11 +66,9 @@ impl Reader {
     pub fn get(&mut self, core: &Core, key: &str) -> Result<Option<Entry>> {
         for _ in 0..MAX_RETRIES {
             self.refresh(core);
-            let Some(entry) = core.index.get(key) else {
+            let Some(loc) = core.index.get(key) else {
                 return Ok(None);
             };
-            let loc = entry.value().load();
-            drop(entry);
             if loc.expired() {
                 return Ok(None);
             }

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::hint;
-use super::index::{self, Index, Loc, Slot, now_ms};
+use super::index::{self, Index, Loc, now_ms};
 use super::manifest::Manifest;
 use super::record::{self, Kind, SEGMENT_HEADER_LEN};
 use super::scan::{self, ScanEnd};
@@ -23,6 +23,8 @@ use crate::{KvsError, Result};
 
 /// What recovery hands to the writer.
 pub struct Recovered {
+    /// The index of every live key.
+    pub index: Index,
     /// Segment to append to.
     pub active: SegmentId,
     /// Its file, opened for writing.
@@ -44,6 +46,9 @@ pub struct Recovered {
     pub read_only: Option<String>,
     /// The live segments, as written to the manifest.
     pub manifest: Manifest,
+    /// The newest segment was read from a hint written at close, which
+    /// stays valid for as long as nothing is appended.
+    pub newest_hinted: bool,
 }
 
 /// Deletes segments (and their hints) that the manifest says are dead:
@@ -74,11 +79,13 @@ struct Scanned {
     version: u16,
     sealed: bool,
     crc: u32,
+    /// Read from a hint file rather than scanned.
+    hinted: bool,
 }
 
-/// Scans every segment of `dir` into `index` (which must be empty). See
-/// "Recovery" in `docs/design.md`.
-pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered> {
+/// Scans every segment of `dir` into a new index. See "Recovery" in
+/// `docs/design.md`.
+pub fn recover(dir: &Path, segment_size: u64) -> Result<Recovered> {
     let mut ids = segment::list_and_clean(dir)?;
     let listed = Manifest::read(dir)?;
     if let Some(m) = &listed {
@@ -93,6 +100,7 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
         manifest.write(dir)?;
         return Ok(Recovered {
             manifest,
+            index: Index::with_capacity(0),
             active: 1,
             file,
             pos: SEGMENT_HEADER_LEN,
@@ -102,10 +110,15 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
             crc: crc32fast::hash(&record::segment_header()),
             sealed: false,
             read_only: None,
+            newest_hinted: false,
         });
     };
 
     let mut scanned = scan_parallel(dir, &ids)?;
+    // At least the keys there will be (more when segments share keys):
+    // the hash set is made at its final size instead of growing through
+    // every power of two.
+    let index = Index::with_capacity(scanned.iter().map(|s| s.records.len()).sum());
     let mut disk_bytes = 0;
     for s in &mut scanned {
         if s.id == newest {
@@ -151,7 +164,8 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
     let last = scanned
         .last()
         .expect("one scan per listed segment, and ids is not empty");
-    let (newest_end, newest_scan_crc, newest_sealed) = (last.end.clone(), last.crc, last.sealed);
+    let (newest_end, newest_scan_crc, newest_sealed, newest_hinted) =
+        (last.end.clone(), last.crc, last.sealed, last.hinted);
     let newest_path = segment::path(dir, newest);
 
     // The merge and the skip-list inserts overlap: one thread merges and
@@ -187,7 +201,7 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
             for (key, loc) in chunk {
                 live_bytes += loc.len as u64;
                 index_bytes += index::entry_bytes(&key);
-                index.insert(key, Slot::new(loc));
+                index.insert(key, loc);
             }
         }
         let r = match newest_job.join() {
@@ -228,6 +242,7 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
     }
     Ok(Recovered {
         manifest,
+        index,
         active: newest,
         file,
         pos: newest_len,
@@ -237,6 +252,7 @@ pub fn recover(dir: &Path, index: &Index, segment_size: u64) -> Result<Recovered
         crc: newest_crc,
         sealed: newest_sealed,
         read_only,
+        newest_hinted,
     })
 }
 
@@ -286,7 +302,7 @@ fn scan_parallel(dir: &Path, ids: &[SegmentId]) -> Result<Vec<Scanned>> {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(&id) = ids.get(i) else { return done };
-                        done.push((i, scan_one(dir, id, i + 1 < ids.len())));
+                        done.push((i, scan_one(dir, id, i + 1 == ids.len())));
                     }
                 })
             })
@@ -304,14 +320,19 @@ fn scan_parallel(dir: &Path, ids: &[SegmentId]) -> Result<Vec<Scanned>> {
     results.into_iter().map(|(_, r)| r).collect()
 }
 
-/// Scans one segment; a sealed one (`use_hint`: not the newest) is read
-/// from its hint instead when the hint matches the whole file's length
-/// and CRC-32, which is also what its seal would prove.
-fn scan_one(dir: &Path, id: SegmentId, use_hint: bool) -> Result<Scanned> {
-    if use_hint && hint::path(dir, id).exists() {
+/// Scans one segment, or reads its hint instead when the hint matches the
+/// whole file's length and CRC-32 (which is also what a seal would prove).
+/// Only the `newest` segment may use a hint written at close for an open
+/// segment: an older one was sealed since, and its file no longer matches.
+fn scan_one(dir: &Path, id: SegmentId, newest: bool) -> Result<Scanned> {
+    if hint::path(dir, id).exists() {
         let p = segment::path(dir, id);
         let (len, crc) = hint::file_crc(&p).map_err(segment::io_at("read", &p))?;
         match hint::read(dir, id, len, crc) {
+            Some(Ok(l)) if l.open && !newest => tracing::warn!(
+                file = %hint::path(dir, id).display(),
+                "ignoring a hint written for the open segment: this one is sealed; scanning it"
+            ),
             Some(Ok(l)) => {
                 return Ok(Scanned {
                     id,
@@ -319,8 +340,9 @@ fn scan_one(dir: &Path, id: SegmentId, use_hint: bool) -> Result<Scanned> {
                     cleared: l.cleared,
                     end: ScanEnd::Clean { len },
                     version: record::FORMAT_VERSION,
-                    sealed: true,
+                    sealed: !l.open,
                     crc,
+                    hinted: true,
                 });
             }
             Some(Err(why)) => tracing::warn!(
@@ -340,6 +362,7 @@ fn scan_one(dir: &Path, id: SegmentId, use_hint: bool) -> Result<Scanned> {
         version: scan.version,
         sealed: scan.sealed,
         crc: scan.crc,
+        hinted: false,
     })
 }
 

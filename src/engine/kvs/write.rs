@@ -1,7 +1,7 @@
 //! The write path: encode, append and index one record under the writer
 //! lock, then wait for durability outside it.
 
-use super::index::{self, Loc, Slot};
+use super::index::{self, Loc};
 use super::record::{self, Kind, MAX_KEY_LEN, MAX_VALUE_LEN};
 use super::writer::Writer;
 use super::{Core, SyncMode};
@@ -19,8 +19,8 @@ impl Core {
         value: &str,
         expires_at: u64,
     ) -> Result<u64> {
-        let entry = self.index.get(key.as_str());
-        let old = entry.as_ref().map(|e| e.value().load());
+        let node = self.index.node(&key);
+        let old = node.as_ref().map(|n| n.load());
         let len = self.append_record(w, kind, key.as_bytes(), value.as_bytes(), expires_at)?;
         if let Some(old) = old {
             w.live_bytes = w.live_bytes.saturating_sub(old.len as u64);
@@ -33,17 +33,17 @@ impl Core {
                     offset: w.pos - len,
                     expires_at,
                 };
-                match &entry {
-                    Some(e) => e.value().store(loc),
+                match &node {
+                    Some(n) => n.store(loc),
                     None => {
                         w.index_bytes += index::entry_bytes(&key);
-                        self.index.insert(key, Slot::new(loc));
+                        self.index.insert(key, loc);
                     }
                 }
                 w.live_bytes += len;
             }
             Kind::Tombstone | Kind::Clear | Kind::Seal => {
-                if self.index.remove(key.as_str()).is_some() {
+                if self.index.remove(&key) {
                     w.index_bytes = w.index_bytes.saturating_sub(index::entry_bytes(&key));
                 }
             }
@@ -86,12 +86,7 @@ impl Core {
         check_sizes(&key, value)?;
         let lsn = {
             let mut w = self.lock_writer();
-            if kind == Kind::Tombstone
-                && self
-                    .index
-                    .get(key.as_str())
-                    .is_none_or(|e| e.value().load().expired())
-            {
+            if kind == Kind::Tombstone && self.index.get(&key).is_none_or(|loc| loc.expired()) {
                 return Err(KvsError::KeyNotFound);
             }
             self.append_locked(&mut w, kind, key, value, expires_at)?

@@ -29,6 +29,7 @@ fn seg(id: SegmentId, cleared: bool, recs: &[Rec]) -> Scanned {
         version: 2,
         sealed: true,
         crc: 0,
+        hinted: false,
     }
 }
 
