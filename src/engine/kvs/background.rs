@@ -112,6 +112,16 @@ impl Core {
 /// The background thread: runs compactions and clear retirements in
 /// request order, and sweeps expired keys once a second.
 pub(super) fn compactor(core: Arc<Core>, rx: Receiver<Job>) {
+    // First the hash half of the index, which recovery left empty.
+    let t = std::time::Instant::now();
+    core.index.fill_hashed(
+        |f| {
+            let _w = core.lock_writer();
+            f()
+        },
+        || core.stopping.load(Ordering::Relaxed),
+    );
+    tracing::debug!(keys = core.index.len(), elapsed = ?t.elapsed(), "hash index filled");
     let mut cursor = None;
     // Segments a hint was attempted for (written, or the scan found them
     // unusable): not scanned again every second.

@@ -4,7 +4,7 @@ use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
 use std::ops::Bound;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crossbeam_skiplist::SkipMap;
@@ -44,13 +44,21 @@ impl Loc {
 /// copied).
 ///
 /// NOTE: a key's position changes in place, in its [`Slot`]; the node is
-/// never replaced while the key lives (`papaya` and crossbeam both unlink
-/// an old entry before linking a replacement, so a concurrent `get` could
-/// find no entry for a key that was never removed). Only the holder of the
-/// writer lock inserts, removes or stores; readers take no lock.
+/// never replaced while the key lives (crossbeam unlinks an old entry
+/// before linking a replacement, so a concurrent `get` could find no entry
+/// for a key that was never removed). Only the holder of the writer lock
+/// inserts, removes or stores; readers take no lock.
+///
+/// Recovery fills only the skip list (in key order, which is cheap); the
+/// hash set is filled after the open by the background thread
+/// ([`Index::fill_hashed`]), and until it is complete, lookups use the skip
+/// list. That keeps the hash inserts (random order into a large table,
+/// about as costly as the rest of an open with hints) off the open path.
 pub struct Index {
     hash: papaya::HashSet<Key, foldhash::quality::RandomState>,
     ordered: SkipMap<Key, ()>,
+    /// Every key in `ordered` is in `hash` too: point lookups use it.
+    hashed: AtomicBool,
 }
 
 /// One key's entry, shared by both structures of the [`Index`].
@@ -140,18 +148,54 @@ impl Index {
                 .hasher(foldhash::quality::RandomState::default())
                 .build(),
             ordered: SkipMap::new(),
+            hashed: AtomicBool::new(false),
         }
     }
 
     /// The current position of `key`, if it is in the index. Lock-free.
     pub fn get(&self, key: &str) -> Option<Loc> {
-        self.hash.pin().get(key).map(|k| k.load())
+        if self.hashed.load(Ordering::Acquire) {
+            self.hash.pin().get(key).map(|k| k.load())
+        } else {
+            self.ordered.get(key).map(|e| e.key().load())
+        }
     }
 
     /// A handle to the node of `key`, to read or move it under the writer
     /// lock.
     pub fn node(&self, key: &str) -> Option<Key> {
-        self.hash.pin().get(key).cloned()
+        if self.hashed.load(Ordering::Acquire) {
+            self.hash.pin().get(key).cloned()
+        } else {
+            self.ordered.get(key).map(|e| e.key().clone())
+        }
+    }
+
+    /// Puts every key of the skip list into the hash set, then switches
+    /// point lookups to it; `CHUNK` keys per call of `locked`, which runs
+    /// its argument under the writer lock (so no key is removed while its
+    /// chunk is copied: one removed before is skipped, one removed after
+    /// leaves both halves, and one inserted meanwhile went into both).
+    /// Gives up (lookups stay on the skip list) when `stop` says so.
+    pub fn fill_hashed(&self, locked: impl Fn(&mut dyn FnMut()), stop: impl Fn() -> bool) {
+        const CHUNK: usize = 1024;
+        let mut cursor = self.ordered.front();
+        while cursor.is_some() {
+            if stop() {
+                return;
+            }
+            locked(&mut || {
+                let hash = self.hash.pin();
+                for _ in 0..CHUNK {
+                    let Some(e) = cursor.take() else { return };
+                    if !e.is_removed() {
+                        hash.insert(e.key().clone());
+                    }
+                    cursor = e.next();
+                }
+            });
+        }
+        self.hashed.store(true, Ordering::Release);
     }
 
     /// Adds `key`, which is not in the index, at `loc`. Writer lock only.
@@ -164,18 +208,27 @@ impl Index {
         k
     }
 
-    /// Adds a node made by [`Index::insert`]'s caller (recovery).
     fn insert_key(&self, k: Key) {
         // Ordered first: a key a `get` can find is already in `scan`.
         self.ordered.insert(k.clone(), ());
         self.hash.pin().insert(k);
     }
 
+    /// Recovery only, before anyone reads: adds `key` to the ordered half
+    /// alone ([`Index::fill_hashed`] adds it to the other after the open).
+    pub fn insert_ordered(&self, key: String, loc: Loc) {
+        let k = Key(Arc::new(Node {
+            slot: Slot::new(loc),
+            key: key.into_boxed_str(),
+        }));
+        self.ordered.insert(k, ());
+    }
+
     /// Removes `key`; returns whether it was there. Writer lock only.
     pub fn remove(&self, key: &str) -> bool {
-        let was = self.hash.pin().remove(key);
-        self.ordered.remove(key);
-        was
+        // The skip list has every key; the hash set may not have it yet.
+        self.hash.pin().remove(key);
+        self.ordered.remove(key).is_some()
     }
 
     /// Removes every key. Writer lock only.
@@ -297,10 +350,23 @@ mod tests {
         }
     }
 
+    fn filled(index: &Index) {
+        index.fill_hashed(|f| f(), || false);
+        assert!(index.hashed.load(Ordering::Relaxed));
+    }
+
     #[test]
     fn both_halves_hold_the_same_keys_and_nodes() {
         let index = Index::with_capacity(0);
-        for i in (0..100u64).rev() {
+        for i in (50..100u64).rev() {
+            index.insert_ordered(format!("k{i:03}"), at(i));
+        }
+        // Before the fill, lookups go to the skip list.
+        assert_eq!(index.get("k077"), Some(at(77)));
+        assert_eq!(index.hash.len(), 0);
+        filled(&index);
+        assert_eq!(index.hash.len(), 50);
+        for i in (0..50u64).rev() {
             index.insert(format!("k{i:03}"), at(i));
         }
         assert_eq!(index.len(), 100);
@@ -330,6 +396,7 @@ mod tests {
         // Starts tiny: the inserts below resize the hash set many times
         // while readers look up keys that are there throughout.
         let index = Index::with_capacity(0);
+        filled(&index);
         for i in 0..16u64 {
             index.insert(format!("stable{i}"), at(i));
         }
@@ -350,6 +417,63 @@ mod tests {
             }
         });
         assert_eq!(index.len(), 200_016);
+    }
+
+    #[test]
+    fn the_fill_after_open_races_the_writer_and_readers_without_losing_a_key() {
+        let index = Index::with_capacity(0);
+        // As recovery leaves it: every key in the skip list only.
+        for i in 0..60_000u64 {
+            index.insert_ordered(format!("k{i:06}"), at(i));
+        }
+        let writer = std::sync::Mutex::new(());
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                index.fill_hashed(
+                    |f| {
+                        let _w = writer.lock().unwrap();
+                        f()
+                    },
+                    || false,
+                )
+            });
+            s.spawn(|| {
+                // Removes every third key (from either end, so some go
+                // before the fill reaches them and some after), inserts
+                // new ones and sets removed ones again, as `set`/`remove`
+                // would under the writer lock.
+                for i in 0..20_000u64 {
+                    let _w = writer.lock().unwrap();
+                    let j = if i % 2 == 0 { i * 3 } else { 59_999 - i * 3 };
+                    assert!(index.remove(&format!("k{j:06}")));
+                    index.insert(format!("new{i:06}"), at(i));
+                    if i % 4 == 0 {
+                        index.insert(format!("k{j:06}"), at(j + 1));
+                    }
+                }
+                done.store(true, Ordering::Relaxed);
+            });
+            // Keys 1 mod 3 are never touched: a lookup must always find them,
+            // whichever half it uses.
+            let mut n = 0u64;
+            while !done.load(Ordering::Relaxed) || !index.hashed.load(Ordering::Relaxed) {
+                let i = (n * 3 + 1) % 60_000;
+                assert_eq!(index.get(&format!("k{i:06}")), Some(at(i)), "lookup {n}");
+                n += 1;
+            }
+        });
+        // The halves agree key for key and node for node.
+        assert_eq!(index.hash.len(), index.len());
+        for e in index.iter() {
+            let k = e.key();
+            assert!(
+                index.node(k.key()).is_some_and(|n| n.same(k)),
+                "{}",
+                k.key()
+            );
+        }
+        assert_eq!(index.len(), 60_000 - 20_000 + 5_000 + 20_000);
     }
 
     #[test]

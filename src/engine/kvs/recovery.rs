@@ -169,7 +169,8 @@ pub fn recover(dir: &Path, segment_size: u64) -> Result<Recovered> {
     let newest_path = segment::path(dir, newest);
 
     // The merge and the skip-list inserts overlap: one thread merges and
-    // hands sorted chunks to this one, which inserts them. Meanwhile a
+    // hands sorted chunks to this one, which inserts them (the hash half of
+    // the index is filled after the open, see `Index`). Meanwhile a
     // third decides where the newest segment ends: after a crash that
     // reads its reserved end (up to `segment_max_bytes` of zeros), which
     // then costs no wall time. Records before the stop are valid whatever
@@ -201,7 +202,7 @@ pub fn recover(dir: &Path, segment_size: u64) -> Result<Recovered> {
             for (key, loc) in chunk {
                 live_bytes += loc.len as u64;
                 index_bytes += index::entry_bytes(&key);
-                index.insert(key, loc);
+                index.insert_ordered(key, loc);
             }
         }
         let r = match newest_job.join() {
