@@ -62,7 +62,8 @@ impl Drop for Guard {
         // sort it (the largest part of an open with hints otherwise). Kept
         // as it is when nothing was appended since an open that read it.
         // Best effort: the next open checks it against the file anyway.
-        if !w.sealed && !(w.lsn == 0 && self.core.newest_hinted) {
+        let hint_still_valid = w.lsn == 0 && self.core.newest_hinted;
+        if !w.sealed && !hint_still_valid {
             let crc = w.crc.clone().finalize();
             match hint::write_open(&self.core.dir, w.active, w.pos, crc) {
                 Ok(true) => {}
