@@ -156,3 +156,62 @@ fn empty_inputs_emit_nothing() {
         expect(&[("a", 2, 1)])
     );
 }
+
+#[test]
+fn random_lists_merge_like_a_map_of_the_newest_record_per_key() {
+    // Seeded xorshift: 300 cases of 0 to 40 segments (a winner tree over
+    // non-powers of two, one list, none) with overlapping keys.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    for case in 0..300 {
+        let segs = next(41) as SegmentId;
+        let mut scanned = Vec::new();
+        let mut model = std::collections::BTreeMap::new();
+        for id in 1..=segs {
+            let mut records: Vec<(String, Loc, Kind)> = Vec::new();
+            for k in 0..60u64 {
+                if next(3) != 0 {
+                    continue;
+                }
+                let kind = if next(4) == 0 {
+                    Kind::Tombstone
+                } else {
+                    Kind::Put
+                };
+                let loc = Loc {
+                    seg: id,
+                    len: 30,
+                    offset: k,
+                    expires_at: 0,
+                };
+                let key = format!("key{k:02}");
+                model.insert(key.clone(), (kind, id));
+                records.push((key, loc, kind));
+            }
+            scanned.push(Scanned {
+                id,
+                records,
+                cleared: false,
+                end: ScanEnd::Clean { len: 0 },
+                version: 2,
+                sealed: true,
+                crc: 0,
+                hinted: false,
+            });
+        }
+        let want: Vec<(String, SegmentId, u64)> = model
+            .into_iter()
+            .filter(|(_, (kind, _))| *kind == Kind::Put)
+            .map(|(k, (_, id))| {
+                let off = k[3..].parse().unwrap();
+                (k, id, off)
+            })
+            .collect();
+        assert_eq!(run(scanned), want, "case {case} with {segs} segments");
+    }
+}
