@@ -1,7 +1,7 @@
 //! The in-memory index: key to the position of its latest record.
 
 use std::borrow::Borrow;
-use std::hash::{Hash, Hasher};
+use std::hash::{Hash, Hasher, RandomState};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
@@ -55,7 +55,10 @@ impl Loc {
 /// list. That keeps the hash inserts (random order into a large table,
 /// about as costly as the rest of an open with hints) off the open path.
 pub struct Index {
-    hash: papaya::HashSet<Key, foldhash::quality::RandomState>,
+    /// Hashed with std's `RandomState` (SipHash-1-3, a random key per
+    /// process): clients choose the keys, and a hash they could steer into
+    /// collisions would turn lookups into long probes.
+    hash: papaya::HashSet<Key, RandomState>,
     ordered: SkipMap<Key, ()>,
     /// Every key in `ordered` is in `hash` too: point lookups use it.
     hashed: AtomicBool,
@@ -145,7 +148,7 @@ impl Index {
         Index {
             hash: papaya::HashSet::builder()
                 .capacity(capacity)
-                .hasher(foldhash::quality::RandomState::default())
+                .hasher(RandomState::new())
                 .build(),
             ordered: SkipMap::new(),
             hashed: AtomicBool::new(false),
