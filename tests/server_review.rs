@@ -2,12 +2,14 @@
 //! have caught it: memory a few requests could pin, work a request could
 //! make quadratic, and answers lost or mislabelled.
 
+mod resp_support;
 mod server_support;
 
 use std::time::Duration;
 
 use kvs::MemoryEngine;
 use kvs::server::{ServerConfig, rss_bytes};
+use resp_support::multibulk;
 use server_support::TestServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -16,16 +18,6 @@ fn config(f: impl FnOnce(&mut ServerConfig)) -> ServerConfig {
     let mut c = ServerConfig::default();
     f(&mut c);
     c
-}
-
-fn multibulk(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
 }
 
 /// Reads until `n` RESP replies' worth of top-level lines are in, for
