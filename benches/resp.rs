@@ -46,8 +46,11 @@ fn crate_args(frame: BytesFrame) -> Vec<Bytes> {
 
 fn ours_all(buf: &mut BytesMut, decoder: &mut RespDecoder, limits: &Limits) -> usize {
     let mut n = 0;
-    while let Some(args) = decoder.decode(buf, limits, true).unwrap() {
-        n += black_box(args).len();
+    while let Some(len) = decoder
+        .decode_with(buf, limits, true, |args| black_box(args).len())
+        .unwrap()
+    {
+        n += len;
     }
     n
 }
@@ -117,7 +120,7 @@ fn trickle(c: &mut Criterion) {
 
 fn commands(c: &mut Criterion) {
     use kvs::MemoryEngine;
-    use kvs::command::{ServerContext, Session, Step, dispatch};
+    use kvs::command::{ServerContext, Session, Step, dispatch_args};
 
     let engine = MemoryEngine::new();
     let ctx = ServerContext::new(Box::new(Default::default));
@@ -137,8 +140,13 @@ fn commands(c: &mut Criterion) {
         let mut buf = BytesMut::from(input);
         let mut out = BytesMut::new();
         let mut decoder = RespDecoder::new();
-        while let Some(args) = decoder.decode(&mut buf, &limits, true).unwrap() {
-            match dispatch(args, session, &ctx) {
+        while let Some(step) = decoder
+            .decode_with(&mut buf, &limits, true, |args| {
+                dispatch_args(args, session, &ctx)
+            })
+            .unwrap()
+        {
+            match step {
                 Step::Engine(cmd) => cmd.execute(&engine, &ctx, 16 << 20).reply.encode(&mut out),
                 Step::Reply(r) | Step::Close(r) => r.encode(&mut out),
             }

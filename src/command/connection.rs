@@ -15,19 +15,19 @@ fn reply(r: Reply) -> Step {
     Step::Reply(r)
 }
 
-pub(super) fn ping(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
+pub(super) fn ping(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
     match args {
         [_] => reply(Reply::simple("PONG")),
-        [_, msg] => reply(Reply::bulk(msg.clone())),
+        [_, msg] => reply(Reply::bulk(Bytes::copy_from_slice(msg))),
         _ => reply(wrong_arity("ping")),
     }
 }
 
-pub(super) fn echo(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
-    reply(Reply::bulk(args[1].clone()))
+pub(super) fn echo(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
+    reply(Reply::bulk(Bytes::copy_from_slice(args[1])))
 }
 
-pub(super) fn quit(_: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
+pub(super) fn quit(_: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
     Step::Close(Reply::ok())
 }
 
@@ -53,7 +53,7 @@ fn authenticate(ctx: &ServerContext, user: &[u8], password: &[u8]) -> Result<(),
     }
 }
 
-pub(super) fn auth(args: &[Bytes], session: &mut Session, ctx: &ServerContext) -> Step {
+pub(super) fn auth(args: &[&[u8]], session: &mut Session, ctx: &ServerContext) -> Step {
     let result = match args {
         [_, password] => {
             if ctx.requirepass.is_none() {
@@ -86,13 +86,13 @@ fn invalid_client_name() -> Reply {
     Reply::error("ERR Client names cannot contain spaces, newlines or special characters.")
 }
 
-fn set_name(session: &mut Session, name: &Bytes) {
-    session.name = (!name.is_empty()).then(|| name.clone());
+fn set_name(session: &mut Session, name: &[u8]) {
+    session.name = (!name.is_empty()).then(|| Bytes::copy_from_slice(name));
 }
 
 /// `HELLO [protover [AUTH user pass] [SETNAME name]]`. Only RESP2 is
 /// spoken: `HELLO 3` answers `-NOPROTO` so RESP3 clients fall back.
-pub(super) fn hello(args: &[Bytes], session: &mut Session, ctx: &ServerContext) -> Step {
+pub(super) fn hello(args: &[&[u8]], session: &mut Session, ctx: &ServerContext) -> Step {
     let mut resp3 = false;
     if let Some(version) = args.get(1) {
         match crate::protocol::resp::parse_i64(version) {
@@ -177,8 +177,8 @@ fn no_proto() -> Reply {
 }
 
 /// `SELECT 0`; kvs has one database.
-pub(super) fn select(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
-    match integer(&args[1]) {
+pub(super) fn select(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
+    match integer(args[1]) {
         Ok(0) => reply(Reply::ok()),
         // Redis reads the index as a C int, with this (sic) message.
         Ok(n) if i32::try_from(n).is_err() => reply(Reply::error(
@@ -190,7 +190,7 @@ pub(super) fn select(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step
 }
 
 /// Checks a subcommand's arity; `Err` is the reply.
-fn sub_arity(args: &[Bytes], container: &str, sub: &str, arity: i32) -> Result<(), Step> {
+fn sub_arity(args: &[&[u8]], container: &str, sub: &str, arity: i32) -> Result<(), Step> {
     if arity_ok(arity, args.len()) {
         Ok(())
     } else {
@@ -206,15 +206,15 @@ macro_rules! arity {
     };
 }
 
-pub(super) fn client(args: &[Bytes], session: &mut Session, _: &ServerContext) -> Step {
+pub(super) fn client(args: &[&[u8]], session: &mut Session, _: &ServerContext) -> Step {
     let sub = args[1].to_ascii_lowercase();
     match &sub[..] {
         b"setname" => {
             arity!(args, "client", "setname", 3);
-            if !valid_client_name(&args[2]) {
+            if !valid_client_name(args[2]) {
                 return reply(invalid_client_name());
             }
-            set_name(session, &args[2]);
+            set_name(session, args[2]);
             reply(Reply::ok())
         }
         b"getname" => {
@@ -241,7 +241,7 @@ pub(super) fn client(args: &[Bytes], session: &mut Session, _: &ServerContext) -
                 )))
             }
         }
-        _ => reply(unknown_subcommand(&args[1], "CLIENT")),
+        _ => reply(unknown_subcommand(args[1], "CLIENT")),
     }
 }
 
@@ -262,7 +262,7 @@ fn command_entry(spec: &Spec) -> Reply {
     ])
 }
 
-pub(super) fn command(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
+pub(super) fn command(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
     let Some(sub) = args.get(1) else {
         return reply(Reply::array(COMMANDS.iter().map(command_entry).collect()));
     };
@@ -273,7 +273,7 @@ pub(super) fn command(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Ste
         }
         b"info" => {
             arity!(args, "command", "info", -2);
-            let names: &[Bytes] = &args[2..];
+            let names: &[&[u8]] = &args[2..];
             let entries = if names.is_empty() {
                 COMMANDS.iter().map(command_entry).collect()
             } else {
@@ -299,7 +299,7 @@ pub(super) fn command(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Ste
     }
 }
 
-pub(super) fn config(args: &[Bytes], _: &mut Session, ctx: &ServerContext) -> Step {
+pub(super) fn config(args: &[&[u8]], _: &mut Session, ctx: &ServerContext) -> Step {
     match &args[1].to_ascii_lowercase()[..] {
         b"get" => {
             arity!(args, "config", "get", -3);
@@ -319,7 +319,7 @@ pub(super) fn config(args: &[Bytes], _: &mut Session, ctx: &ServerContext) -> St
                     if hit && !seen[i] {
                         seen[i] = true;
                         out.push(if plain {
-                            Reply::bulk(given.clone())
+                            Reply::bulk(Bytes::copy_from_slice(given))
                         } else {
                             Reply::bulk(name.clone())
                         });
@@ -335,11 +335,11 @@ pub(super) fn config(args: &[Bytes], _: &mut Session, ctx: &ServerContext) -> St
                 "ERR CONFIG SET is not supported by kvs; restart with new flags",
             ))
         }
-        _ => reply(unknown_subcommand(&args[1], "CONFIG")),
+        _ => reply(unknown_subcommand(args[1], "CONFIG")),
     }
 }
 
-pub(super) fn time(_: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
+pub(super) fn time(_: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();

@@ -1,8 +1,6 @@
 //! Counters: INCR, DECR, INCRBY, DECRBY, each one atomic
 //! [`KvsEngine::update`] that keeps the key's expiry, as Redis does.
 
-use bytes::Bytes;
-
 use super::{EngineCommand, Executed, Op, ServerContext, Session, Step, engine_error, integer};
 use crate::KvsEngine;
 use crate::engine::{Entry, NO_EXPIRY, Update};
@@ -15,33 +13,33 @@ pub(super) struct IncrBy {
     pub by: i64,
 }
 
-fn engine(key: &Bytes, by: i64) -> Step {
+fn engine(key: &[u8], by: i64) -> Step {
     match super::text(key) {
         Ok(key) => Step::Engine(EngineCommand(Op::Counter(IncrBy { key, by }))),
         Err(reply) => Step::Reply(reply),
     }
 }
 
-pub(super) fn incr(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
-    engine(&args[1], 1)
+pub(super) fn incr(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
+    engine(args[1], 1)
 }
 
-pub(super) fn decr(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
-    engine(&args[1], -1)
+pub(super) fn decr(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
+    engine(args[1], -1)
 }
 
-pub(super) fn incrby(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
-    match integer(&args[2]) {
-        Ok(by) => engine(&args[1], by),
+pub(super) fn incrby(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
+    match integer(args[2]) {
+        Ok(by) => engine(args[1], by),
         Err(reply) => Step::Reply(reply),
     }
 }
 
-pub(super) fn decrby(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
-    match integer(&args[2]) {
+pub(super) fn decrby(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
+    match integer(args[2]) {
         // Negating i64::MIN overflows; Redis refuses it up front.
         Ok(i64::MIN) => Step::Reply(Reply::error("ERR decrement would overflow")),
-        Ok(by) => engine(&args[1], -by),
+        Ok(by) => engine(args[1], -by),
         Err(reply) => Step::Reply(reply),
     }
 }

@@ -3,8 +3,6 @@
 
 use std::fmt::Write;
 
-use bytes::Bytes;
-
 use super::{EngineCommand, Executed, Op, REDIS_VERSION, ServerContext, Session, Step};
 use crate::KvsEngine;
 use crate::protocol::resp::Reply;
@@ -25,7 +23,7 @@ pub(super) struct Info {
     sections: [bool; SECTIONS.len()],
 }
 
-pub(super) fn info(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
+pub(super) fn info(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
     let mut sections = [args.len() == 1; SECTIONS.len()];
     for arg in &args[1..] {
         let arg = arg.to_ascii_lowercase();

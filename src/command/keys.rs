@@ -1,8 +1,6 @@
 //! Key commands: DEL, UNLINK, EXISTS, EXPIRE, PEXPIRE, TTL, PTTL, PERSIST,
 //! DBSIZE, FLUSHDB, FLUSHALL.
 
-use bytes::Bytes;
-
 use super::strings::invalid_expire;
 use super::{
     EngineCommand, Executed, Op as AnyOp, Scope, ServerContext, Session, Step, engine_error,
@@ -57,21 +55,21 @@ fn engine(op: Op) -> Step {
     Step::Engine(EngineCommand(AnyOp::Keys(op)))
 }
 
-pub(super) fn del(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
+pub(super) fn del(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
     match texts(&args[1..]) {
         Ok(keys) => engine(Op::Del(keys)),
         Err(reply) => Step::Reply(reply),
     }
 }
 
-pub(super) fn exists(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
+pub(super) fn exists(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
     match texts(&args[1..]) {
         Ok(keys) => engine(Op::Exists(keys)),
         Err(reply) => Step::Reply(reply),
     }
 }
 
-fn expire_generic(args: &[Bytes], seconds: bool, cmd: &str) -> Step {
+fn expire_generic(args: &[&[u8]], seconds: bool, cmd: &str) -> Step {
     // Redis's order: options, then the time, then the key.
     let mut cond = ExpireIf::default();
     for opt in &args[3..] {
@@ -98,7 +96,7 @@ fn expire_generic(args: &[Bytes], seconds: bool, cmd: &str) -> Step {
             "ERR GT and LT options at the same time are not compatible",
         ));
     }
-    let when = match integer(&args[2]) {
+    let when = match integer(args[2]) {
         Ok(n) => n,
         Err(reply) => return Step::Reply(reply),
     };
@@ -111,49 +109,49 @@ fn expire_generic(args: &[Bytes], seconds: bool, cmd: &str) -> Step {
     let Some(in_ms) = in_ms.filter(|ms| ms.checked_add(now).is_some()) else {
         return Step::Reply(invalid_expire(cmd));
     };
-    match text(&args[1]) {
+    match text(args[1]) {
         Ok(key) => engine(Op::Expire { key, in_ms, cond }),
         Err(reply) => Step::Reply(reply),
     }
 }
 
-pub(super) fn expire(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
+pub(super) fn expire(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
     expire_generic(args, true, "expire")
 }
 
-pub(super) fn pexpire(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
+pub(super) fn pexpire(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
     expire_generic(args, false, "pexpire")
 }
 
-fn ttl_generic(args: &[Bytes], millis: bool) -> Step {
-    match text(&args[1]) {
+fn ttl_generic(args: &[&[u8]], millis: bool) -> Step {
+    match text(args[1]) {
         Ok(key) => engine(Op::Ttl { key, millis }),
         Err(reply) => Step::Reply(reply),
     }
 }
 
-pub(super) fn ttl(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
+pub(super) fn ttl(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
     ttl_generic(args, false)
 }
 
-pub(super) fn pttl(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
+pub(super) fn pttl(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
     ttl_generic(args, true)
 }
 
-pub(super) fn persist(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
-    match text(&args[1]) {
+pub(super) fn persist(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
+    match text(args[1]) {
         Ok(key) => engine(Op::Persist(key)),
         Err(reply) => Step::Reply(reply),
     }
 }
 
-pub(super) fn dbsize(_: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
+pub(super) fn dbsize(_: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
     engine(Op::DbSize)
 }
 
 /// FLUSHDB and FLUSHALL, with an optional ASYNC or SYNC (both flush
 /// before answering here).
-pub(super) fn flush(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
+pub(super) fn flush(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
     match args {
         [_] => engine(Op::Flush),
         [_, mode] if mode.eq_ignore_ascii_case(b"ASYNC") || mode.eq_ignore_ascii_case(b"SYNC") => {

@@ -114,8 +114,8 @@ fn cursor(arg: &[u8]) -> Option<u64> {
     std::str::from_utf8(arg).ok()?.parse().ok()
 }
 
-pub(super) fn scan(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
-    let Some(cursor) = cursor(&args[1]) else {
+pub(super) fn scan(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
+    let Some(cursor) = cursor(args[1]) else {
         return Step::Reply(Reply::error("ERR invalid cursor"));
     };
     let mut pattern = None;
@@ -133,7 +133,7 @@ pub(super) fn scan(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
                 Err(reply) => return Step::Reply(reply),
             },
             b"MATCH" if value.len() > MAX_PATTERN_LEN => return pattern_too_long(),
-            b"MATCH" => pattern = Some(value.clone()),
+            b"MATCH" => pattern = Some(Bytes::copy_from_slice(value)),
             b"TYPE" => no_type_match = !value.eq_ignore_ascii_case(b"string"),
             _ => return Step::Reply(syntax_error()),
         }
@@ -150,11 +150,11 @@ pub(super) fn scan(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
     })
 }
 
-pub(super) fn keys(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
+pub(super) fn keys(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
     if args[1].len() > MAX_PATTERN_LEN {
         return pattern_too_long();
     }
-    engine(Op::Keys(args[1].clone()))
+    engine(Op::Keys(Bytes::copy_from_slice(args[1])))
 }
 
 /// A reply being built under a byte budget.

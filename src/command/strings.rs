@@ -1,8 +1,6 @@
 //! String commands: GET, SET (and SETEX, PSETEX, SETNX), GETDEL, MGET,
 //! MSET, APPEND, STRLEN.
 
-use bytes::Bytes;
-
 use super::{
     EngineCommand, Executed, Op as AnyOp, ServerContext, Session, Step, engine_error, integer,
     over_budget, syntax_error, text,
@@ -82,37 +80,37 @@ macro_rules! tri {
     };
 }
 
-pub(super) fn get(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
-    engine(Op::Get(tri!(text(&args[1]))))
+pub(super) fn get(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
+    engine(Op::Get(tri!(text(args[1]))))
 }
 
-pub(super) fn getdel(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
-    engine(Op::GetDel(tri!(text(&args[1]))))
+pub(super) fn getdel(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
+    engine(Op::GetDel(tri!(text(args[1]))))
 }
 
-pub(super) fn strlen(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
-    engine(Op::Strlen(tri!(text(&args[1]))))
+pub(super) fn strlen(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
+    engine(Op::Strlen(tri!(text(args[1]))))
 }
 
-pub(super) fn append(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
-    engine(Op::Append(tri!(text(&args[1])), tri!(text(&args[2]))))
+pub(super) fn append(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
+    engine(Op::Append(tri!(text(args[1])), tri!(text(args[2]))))
 }
 
-pub(super) fn setnx(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
-    engine(Op::SetNx(tri!(text(&args[1])), tri!(text(&args[2]))))
+pub(super) fn setnx(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
+    engine(Op::SetNx(tri!(text(args[1])), tri!(text(args[2]))))
 }
 
-pub(super) fn mget(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
+pub(super) fn mget(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
     engine(Op::MGet(tri!(super::texts(&args[1..]))))
 }
 
-pub(super) fn mset(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
+pub(super) fn mset(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
     if args.len().is_multiple_of(2) {
         return Step::Reply(super::table::wrong_arity("mset"));
     }
     let mut pairs = Vec::with_capacity(args.len() / 2);
     for pair in args[1..].chunks_exact(2) {
-        pairs.push((tri!(text(&pair[0])), tri!(text(&pair[1]))));
+        pairs.push((tri!(text(pair[0])), tri!(text(pair[1]))));
     }
     engine(Op::MSet(pairs))
 }
@@ -142,12 +140,12 @@ fn expiry_arg(arg: &[u8], seconds: bool, absolute: bool, cmd: &str) -> Result<Ex
     Ok(Expiry::In(ms))
 }
 
-pub(super) fn set(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
+pub(super) fn set(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
     // Options first, values after, in Redis's order: `SET k v EX x NX XX`
     // is a syntax error before it is a bad integer. Repeating an option is
     // allowed (the last value wins); combining exclusive ones is not.
     let (mut nx, mut xx, mut get, mut keepttl) = (false, false, false, false);
-    let mut unit: Option<(&[u8], &Bytes)> = None;
+    let mut unit: Option<(&[u8], &[u8])> = None;
     let mut i = 3;
     while i < args.len() {
         let opt = args[i].to_ascii_uppercase();
@@ -181,8 +179,8 @@ pub(super) fn set(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
             tri!(expiry_arg(arg, seconds, kind.len() == 4, "set"))
         }
     };
-    let key = tri!(text(&args[1]));
-    let value = tri!(text(&args[2]));
+    let key = tri!(text(args[1]));
+    let value = tri!(text(args[2]));
     let cond = match (nx, xx) {
         (true, _) => Cond::Nx,
         (_, true) => Cond::Xx,
@@ -197,10 +195,10 @@ pub(super) fn set(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
     })
 }
 
-fn set_expiring(args: &[Bytes], seconds: bool, cmd: &str) -> Step {
-    let key = tri!(text(&args[1]));
-    let expiry = tri!(expiry_arg(&args[2], seconds, false, cmd));
-    let value = tri!(text(&args[3]));
+fn set_expiring(args: &[&[u8]], seconds: bool, cmd: &str) -> Step {
+    let key = tri!(text(args[1]));
+    let expiry = tri!(expiry_arg(args[2], seconds, false, cmd));
+    let value = tri!(text(args[3]));
     engine(Op::Set {
         key,
         value,
@@ -210,11 +208,11 @@ fn set_expiring(args: &[Bytes], seconds: bool, cmd: &str) -> Step {
     })
 }
 
-pub(super) fn setex(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
+pub(super) fn setex(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
     set_expiring(args, true, "setex")
 }
 
-pub(super) fn psetex(args: &[Bytes], _: &mut Session, _: &ServerContext) -> Step {
+pub(super) fn psetex(args: &[&[u8]], _: &mut Session, _: &ServerContext) -> Step {
     set_expiring(args, false, "psetex")
 }
 

@@ -2,15 +2,13 @@
 //! declares them, and the lookup, arity and authentication checks that
 //! come before any command parses its arguments (in Redis's order).
 
-use bytes::Bytes;
-
 use super::{
     NOAUTH, ServerContext, Session, Step, connection, counters, info, keys, scan, strings,
 };
 use crate::protocol::resp::Reply;
 
 /// What parses and runs a command's first step.
-type Run = fn(&[Bytes], &mut Session, &ServerContext) -> Step;
+type Run = fn(&[&[u8]], &mut Session, &ServerContext) -> Step;
 
 /// One command as `COMMAND` describes it.
 pub(super) struct Spec {
@@ -134,11 +132,20 @@ pub(super) static COMMANDS: &[Spec] = &[
     ),
 ];
 
+/// Longer than every command name.
+const MAX_NAME: usize = 16;
+
 /// The command named `name`, in any case.
+///
+/// The name is lowered once into a stack buffer, so each table entry costs
+/// a length check and a plain comparison.
 pub(super) fn lookup(name: &[u8]) -> Option<&'static Spec> {
-    COMMANDS
-        .iter()
-        .find(|s| s.name.as_bytes().eq_ignore_ascii_case(name))
+    let mut lower = [0u8; MAX_NAME];
+    let lower = lower.get_mut(..name.len())?;
+    for (l, &c) in lower.iter_mut().zip(name) {
+        *l = c.to_ascii_lowercase();
+    }
+    COMMANDS.iter().find(|s| s.name.as_bytes() == &lower[..])
 }
 
 /// Whether `argc` arguments (name included) fit `arity`.
@@ -162,7 +169,7 @@ pub(super) fn wrong_arity(name: &str) -> Reply {
 
 /// Redis's reply to an unknown command: its name and the start of its
 /// arguments, each quoted, at most about 128 bytes of them.
-pub(super) fn unknown_command(args: &[Bytes]) -> Reply {
+pub(super) fn unknown_command(args: &[&[u8]]) -> Reply {
     let name = args.first().map(|n| lossy(n, 128)).unwrap_or_default();
     let mut listed = String::new();
     for arg in args.iter().skip(1) {
@@ -192,12 +199,12 @@ fn lossy(b: &[u8], max: usize) -> String {
     String::from_utf8_lossy(&b[..b.len().min(max)]).into_owned()
 }
 
-pub(super) fn dispatch(args: Vec<Bytes>, session: &mut Session, ctx: &ServerContext) -> Step {
+pub(super) fn dispatch(args: &[&[u8]], session: &mut Session, ctx: &ServerContext) -> Step {
     let Some(name) = args.first() else {
-        return Step::Reply(unknown_command(&args));
+        return Step::Reply(unknown_command(args));
     };
     let Some(spec) = lookup(name) else {
-        return Step::Reply(unknown_command(&args));
+        return Step::Reply(unknown_command(args));
     };
     if !arity_ok(spec.arity, args.len()) {
         return Step::Reply(wrong_arity(spec.name));
@@ -205,5 +212,32 @@ pub(super) fn dispatch(args: Vec<Bytes>, session: &mut Session, ctx: &ServerCont
     if !session.authenticated && !spec.no_auth {
         return Step::Reply(Reply::error(NOAUTH));
     }
-    (spec.run)(&args, session, ctx)
+    (spec.run)(args, session, ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_is_found_in_any_case() {
+        for spec in COMMANDS {
+            assert!(spec.name.len() < MAX_NAME, "{}", spec.name);
+            assert_eq!(spec.name, spec.name.to_ascii_lowercase());
+            let upper = spec.name.to_ascii_uppercase();
+            for name in [spec.name.as_bytes(), upper.as_bytes()] {
+                assert_eq!(lookup(name).map(|s| s.name), Some(spec.name));
+            }
+        }
+        assert_eq!(lookup(b"gEt").map(|s| s.name), Some("get"));
+        for unknown in [
+            &b""[..],
+            b"ge",
+            b"gett",
+            b"getxxxxxxxxxxxxxxxxxxxx",
+            b"g\xc3\xa9t",
+        ] {
+            assert!(lookup(unknown).is_none(), "{unknown:?}");
+        }
+    }
 }

@@ -42,9 +42,15 @@ impl Protocol for Resp {
 
     fn decode(&mut self, buf: &mut BytesMut, ctx: &JobContext) -> Decoded<RespJob> {
         let authenticated = self.session.is_authenticated();
-        match self.decoder.decode(buf, &self.limits, authenticated) {
+        let (session, commands) = (&mut self.session, &self.commands);
+        let decoded = self
+            .decoder
+            .decode_with(buf, &self.limits, authenticated, |args| {
+                command::dispatch_args(args, session, commands)
+            });
+        match decoded {
             Ok(None) => Decoded::Incomplete,
-            Ok(Some(args)) => match command::dispatch(args, &mut self.session, &self.commands) {
+            Ok(Some(step)) => match step {
                 Step::Reply(reply) => Decoded::Answer(reply),
                 // Drained like an error: input pipelined after QUIT is read
                 // and dropped, so the close does not reset away the +OK.

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::ops::Range;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::inline::split_args;
 use super::{Limits, Reply, UNAUTHENTICATED_MAX_ARRAY_LEN, UNAUTHENTICATED_MAX_BULK_LEN};
@@ -71,27 +71,37 @@ impl ProtocolError {
 }
 
 /// How far into a multibulk command the buffer has been parsed.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 struct Partial {
     /// Bytes of the buffer parsed so far (all of them belong to this
     /// command).
     pos: usize,
     /// Arguments the command declared.
     count: usize,
-    /// Where each complete argument lies in the buffer.
-    args: Vec<Range<usize>>,
 }
+
+/// Arguments handed to the caller from the stack; a command with more
+/// goes through a vector.
+const STACK_ARGS: usize = 8;
+
+/// Past this capacity the decoder's argument table is given back after
+/// the command that grew it, so one huge command does not pin its table.
+const KEEP_ARGS: usize = 1024;
 
 /// Splits a byte stream into commands.
 ///
-/// Call [`decode`](Self::decode) with the connection's read buffer after
-/// each read. Between calls the caller may only append to the buffer:
-/// the decoder remembers how far it parsed a partially received multibulk
-/// command so a large or slowly arriving one is not parsed again from its
-/// start.
+/// Call [`decode_with`](Self::decode_with) with the connection's read
+/// buffer after each read. Between calls the caller may only append to
+/// the buffer: the decoder remembers how far it parsed a partially
+/// received multibulk command so a large or slowly arriving one is not
+/// parsed again from its start.
 #[derive(Debug, Default)]
 pub struct RespDecoder {
     partial: Option<Partial>,
+    /// Where each complete argument of the current multibulk command lies
+    /// in the buffer; emptied after each command, its capacity kept, so a
+    /// command costs no allocation for it.
+    args: Vec<Range<usize>>,
     /// Bytes from the start of the line being waited for that are known
     /// to hold no line end, so a line trickling in a byte at a time is
     /// searched once, not once per read.
@@ -107,7 +117,21 @@ impl RespDecoder {
         RespDecoder::default()
     }
 
-    /// The next command's arguments, removed from the front of `buf`.
+    /// The next command's arguments, copied out of `buf`; see
+    /// [`decode_with`](Self::decode_with), which lends them instead.
+    pub fn decode(
+        &mut self,
+        buf: &mut BytesMut,
+        limits: &Limits,
+        authenticated: bool,
+    ) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+        self.decode_with(buf, limits, authenticated, |args| {
+            args.iter().map(|a| Bytes::copy_from_slice(a)).collect()
+        })
+    }
+
+    /// Calls `f` with the next command's arguments, lent from `buf`, then
+    /// removes the command from the front of `buf`; `f`'s result.
     ///
     /// `Ok(None)`: no whole command is buffered yet; nothing of it has been
     /// removed (empty commands before it, `*0`, `*-1` and blank inline
@@ -115,71 +139,91 @@ impl RespDecoder {
     /// `authenticated` may change between calls (Redis's tighter limits
     /// apply until the connection authenticates). An error means the
     /// stream is broken: answer [`ProtocolError::reply`] and close.
-    pub fn decode(
+    ///
+    /// Lending rather than returning the arguments is what makes a command
+    /// cost no allocation and no reference count here: they are slices of
+    /// the read buffer, and of the stack for the table of them.
+    pub fn decode_with<R>(
         &mut self,
         buf: &mut BytesMut,
         limits: &Limits,
         authenticated: bool,
-    ) -> Result<Option<Vec<Bytes>>, ProtocolError> {
-        loop {
-            if self.partial.is_none() {
-                let Some(&first) = buf.first() else {
-                    return Ok(None);
-                };
-                if first != b'*' {
-                    match decode_inline(buf, limits, &mut self.scanned)? {
-                        None => return Ok(None),
-                        Some(args) if args.is_empty() => continue,
-                        Some(args) => return Ok(Some(args)),
-                    }
-                }
-                let Some((count, pos)) =
-                    array_header(buf, limits, authenticated, &mut self.scanned)?
-                else {
-                    return Ok(None);
-                };
-                let Ok(count) = usize::try_from(count) else {
-                    // A negative count is an empty command to Redis.
-                    let _ = buf.split_to(pos);
-                    continue;
-                };
-                if count == 0 {
-                    let _ = buf.split_to(pos);
-                    continue;
-                }
-                self.partial = Some(Partial {
-                    pos,
-                    count,
-                    args: Vec::with_capacity(count.min(INITIAL_ARGS)),
-                });
+        f: impl FnOnce(&[&[u8]]) -> R,
+    ) -> Result<Option<R>, ProtocolError> {
+        let partial = loop {
+            if let Some(partial) = self.partial {
+                break partial;
             }
-            let Some(partial) = self.partial.as_mut() else {
-                // Invariant: set just above when it was `None`.
-                unreachable!("partial command set above");
+            let Some(&first) = buf.first() else {
+                return Ok(None);
             };
-            while partial.args.len() < partial.count {
-                match bulk(
-                    &buf[partial.pos..],
-                    limits,
-                    authenticated,
-                    &mut self.scanned,
-                )? {
+            if first != b'*' {
+                match decode_inline(buf, limits, &mut self.scanned)? {
                     None => return Ok(None),
-                    Some((data, used)) => {
-                        let start = partial.pos;
-                        partial.args.push(start + data.start..start + data.end);
-                        partial.pos += used;
+                    Some(args) if args.is_empty() => continue,
+                    Some(args) => {
+                        let args: Vec<&[u8]> = args.iter().map(|a| &a[..]).collect();
+                        return Ok(Some(f(&args)));
                     }
                 }
             }
-            let Some(done) = self.partial.take() else {
-                unreachable!("partial command checked above");
+            let Some((count, pos)) = array_header(buf, limits, authenticated, &mut self.scanned)?
+            else {
+                return Ok(None);
             };
-            let frame = buf.split_to(done.pos).freeze();
-            return Ok(Some(
-                done.args.into_iter().map(|r| frame.slice(r)).collect(),
-            ));
+            let Ok(count) = usize::try_from(count) else {
+                // A negative count is an empty command to Redis.
+                buf.advance(pos);
+                continue;
+            };
+            if count == 0 {
+                buf.advance(pos);
+                continue;
+            }
+            self.args.clear();
+            self.args.reserve(count.min(INITIAL_ARGS));
+            self.partial = Some(Partial { pos, count });
+        };
+        let Partial { mut pos, count } = partial;
+        while self.args.len() < count {
+            let parsed = bulk(&buf[pos..], limits, authenticated, &mut self.scanned);
+            match parsed {
+                Ok(Some((data, used))) => {
+                    self.args.push(pos + data.start..pos + data.end);
+                    pos += used;
+                }
+                Ok(None) => {
+                    self.partial = Some(Partial { pos, count });
+                    return Ok(None);
+                }
+                Err(e) => {
+                    self.partial = Some(Partial { pos, count });
+                    return Err(e);
+                }
+            }
         }
+        self.partial = None;
+        let out = lend(&buf[..pos], &self.args, f);
+        buf.advance(pos);
+        self.args.clear();
+        if self.args.capacity() > KEEP_ARGS {
+            self.args = Vec::new();
+        }
+        Ok(Some(out))
+    }
+}
+
+/// Calls `f` with the slices of `frame` that `ranges` name.
+fn lend<R>(frame: &[u8], ranges: &[Range<usize>], f: impl FnOnce(&[&[u8]]) -> R) -> R {
+    if ranges.len() <= STACK_ARGS {
+        let mut args: [&[u8]; STACK_ARGS] = [&[]; STACK_ARGS];
+        for (arg, range) in args.iter_mut().zip(ranges) {
+            *arg = &frame[range.clone()];
+        }
+        f(&args[..ranges.len()])
+    } else {
+        let args: Vec<&[u8]> = ranges.iter().map(|r| &frame[r.clone()]).collect();
+        f(&args)
     }
 }
 
@@ -191,12 +235,21 @@ fn array_header(
     authenticated: bool,
     scanned: &mut usize,
 ) -> Step<(i64, usize)> {
-    let Some((line, used)) =
-        header_line(buf, limits, ProtocolError::TooBigMultibulkCount, scanned)?
-    else {
-        return Ok(None);
+    let (count, used) = match short_header(buf, limits) {
+        Some((count, used)) => {
+            *scanned = 0;
+            (count, used)
+        }
+        None => {
+            let Some((line, used)) =
+                header_line(buf, limits, ProtocolError::TooBigMultibulkCount, scanned)?
+            else {
+                return Ok(None);
+            };
+            let count = parse_i64(line).ok_or(ProtocolError::InvalidMultibulkLength)?;
+            (count, used)
+        }
     };
-    let count = parse_i64(line).ok_or(ProtocolError::InvalidMultibulkLength)?;
     if count > 0 && count as u64 > limits.max_array_len as u64 {
         return Err(ProtocolError::InvalidMultibulkLength);
     }
@@ -220,11 +273,21 @@ fn bulk(
     if first != b'$' {
         return Err(ProtocolError::ExpectedDollar(first));
     }
-    let Some((line, header)) = header_line(buf, limits, ProtocolError::TooBigBulkCount, scanned)?
-    else {
-        return Ok(None);
+    let (len, header) = match short_header(buf, limits) {
+        Some((len, header)) => {
+            *scanned = 0;
+            (len, header)
+        }
+        None => {
+            let Some((line, header)) =
+                header_line(buf, limits, ProtocolError::TooBigBulkCount, scanned)?
+            else {
+                return Ok(None);
+            };
+            let len = parse_i64(line).ok_or(ProtocolError::InvalidBulkLength)?;
+            (len, header)
+        }
     };
-    let len = parse_i64(line).ok_or(ProtocolError::InvalidBulkLength)?;
     let len = usize::try_from(len).map_err(|_| ProtocolError::InvalidBulkLength)?;
     if len > limits.max_bulk_len {
         return Err(ProtocolError::InvalidBulkLength);
@@ -238,6 +301,35 @@ fn bulk(
         Some(_) => Err(ProtocolError::MissingCrlf),
         None if buf.len() > end && buf[end] != b'\r' => Err(ProtocolError::MissingCrlf),
         None => Ok(None),
+    }
+}
+
+/// Most digits [`short_header`] takes: any such number fits an `i64`.
+const SHORT_DIGITS: usize = 18;
+
+/// The common header line, read in one pass: the type byte, a canonical
+/// non-negative decimal of at most [`SHORT_DIGITS`] digits and CRLF, all
+/// buffered, the line end within the inline limit. The number and the
+/// bytes the line takes; `None` for anything else (negative, leading zero,
+/// long, partial, malformed), which [`header_line`] and [`parse_i64`] then
+/// handle in full. What this accepts they accept with the same value.
+fn short_header(buf: &[u8], limits: &Limits) -> Option<(i64, usize)> {
+    let digits = buf.get(1..)?;
+    let mut n: i64 = 0;
+    let mut len = 0;
+    for &d in digits.iter().take(SHORT_DIGITS) {
+        if !d.is_ascii_digit() {
+            break;
+        }
+        n = n * 10 + i64::from(d - b'0');
+        len += 1;
+    }
+    if len == 0 || (len > 1 && digits[0] == b'0') || 1 + len > limits.max_inline_len {
+        return None;
+    }
+    match digits.get(len..len + 2) {
+        Some(b"\r\n") => Some((n, 1 + len + 2)),
+        _ => None,
     }
 }
 

@@ -63,6 +63,8 @@ impl Reply {
     /// Appends the RESP2 encoding to `dst`.
     pub fn encode(&self, dst: &mut BytesMut) {
         match self {
+            // The reply of every write: no scan for line ends.
+            Reply::Simple(s) if s == "OK" => dst.put_slice(b"+OK\r\n"),
             Reply::Simple(s) => put_line(dst, b'+', s.as_bytes()),
             Reply::Error(s) => put_line(dst, b'-', s.as_bytes()),
             Reply::Integer(n) => {

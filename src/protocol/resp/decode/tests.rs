@@ -239,9 +239,58 @@ fn argument_table_follows_received_arguments() {
     let mut d = RespDecoder::new();
     let mut buf = BytesMut::from(&b"*1000000\r\n$1\r\na\r\n"[..]);
     assert_eq!(d.decode(&mut buf, &limits(), true), Ok(None));
-    let partial = d.partial.as_ref().unwrap();
-    assert_eq!(partial.args.len(), 1);
-    assert!(partial.args.capacity() <= INITIAL_ARGS);
+    assert_eq!(d.args.len(), 1);
+    assert!(d.args.capacity() <= INITIAL_ARGS);
+}
+
+#[test]
+fn argument_table_of_a_huge_command_is_given_back() {
+    // The table is kept from command to command, but not at the size one
+    // huge command grew it to.
+    let n = KEEP_ARGS * 2;
+    let mut input = format!("*{n}\r\n").into_bytes();
+    for _ in 0..n {
+        input.extend_from_slice(b"$1\r\na\r\n");
+    }
+    input.extend_from_slice(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+    let mut d = RespDecoder::new();
+    let mut buf = BytesMut::from(&input[..]);
+    let got = d.decode_with(&mut buf, &limits(), true, |a| a.len());
+    assert_eq!(got, Ok(Some(n)));
+    assert!(d.args.capacity() <= KEEP_ARGS, "{}", d.args.capacity());
+    let got = d.decode_with(&mut buf, &limits(), true, |a| a.concat());
+    assert_eq!(got, Ok(Some(b"GETk".to_vec())));
+    assert!(buf.is_empty());
+}
+
+#[test]
+fn lent_arguments_are_the_decoded_ones() {
+    // Up to the stack table's size and past it, multibulk and inline.
+    for n in [1, STACK_ARGS - 1, STACK_ARGS, STACK_ARGS + 1, 40] {
+        let words: Vec<String> = (0..n).map(|i| format!("w{i}")).collect();
+        let mut input = format!("*{n}\r\n").into_bytes();
+        for w in &words {
+            input.extend_from_slice(format!("${}\r\n{w}\r\n", w.len()).as_bytes());
+        }
+        input.extend_from_slice(words.join(" ").as_bytes());
+        input.extend_from_slice(b"\r\n");
+        let mut d = RespDecoder::new();
+        let mut buf = BytesMut::from(&input[..]);
+        let owned = |a: &[&[u8]]| -> Vec<String> {
+            a.iter()
+                .map(|w| String::from_utf8(w.to_vec()).unwrap())
+                .collect()
+        };
+        assert_eq!(
+            d.decode_with(&mut buf, &limits(), true, owned),
+            Ok(Some(words.clone()))
+        );
+        assert_eq!(
+            d.decode_with(&mut buf, &limits(), true, owned),
+            Ok(Some(words.clone()))
+        );
+        assert!(buf.is_empty());
+    }
 }
 
 #[test]
@@ -301,4 +350,62 @@ fn a_trickling_line_is_searched_once() {
         }
     }
     assert!(buf.is_empty());
+}
+
+#[test]
+fn short_header_agrees_with_the_general_path() {
+    // Every line over a small alphabet up to 6 bytes after the type byte,
+    // plus long numbers: what the one-pass reader accepts, the general
+    // path accepts with the same value and length.
+    let alphabet = b"0190-+\r\n x";
+    let mut lines: Vec<Vec<u8>> = vec![Vec::new()];
+    let mut frontier = lines.clone();
+    for _ in 0..6 {
+        let mut next = Vec::new();
+        for line in &frontier {
+            for &c in alphabet {
+                let mut l = line.clone();
+                l.push(c);
+                next.push(l);
+            }
+        }
+        lines.extend(next.iter().cloned());
+        frontier = next;
+    }
+    for digits in 15..=22 {
+        let mut l = vec![b'9'; digits];
+        l.extend_from_slice(b"\r\n");
+        lines.push(l);
+    }
+    let mut accepted = 0;
+    for line in &lines {
+        let mut buf = vec![b'$'];
+        buf.extend_from_slice(line);
+        for max_inline_len in [3, 64 << 10] {
+            let limits = Limits {
+                max_inline_len,
+                ..Limits::default()
+            };
+            let Some((n, used)) = short_header(&buf, &limits) else {
+                continue;
+            };
+            accepted += 1;
+            let mut scanned = 0;
+            let general = header_line(&buf, &limits, ProtocolError::TooBigBulkCount, &mut scanned);
+            let Ok(Some((body, general_used))) = general else {
+                panic!(
+                    "{:?}: general path {general:?}",
+                    String::from_utf8_lossy(&buf)
+                );
+            };
+            assert_eq!(
+                parse_i64(body),
+                Some(n),
+                "{:?}",
+                String::from_utf8_lossy(&buf)
+            );
+            assert_eq!(used, general_used);
+        }
+    }
+    assert!(accepted > 100, "{accepted}");
 }
