@@ -14,10 +14,9 @@
 //! no wake-up, and a queue of plain futures needs no allocation per entry
 //! (as `FuturesOrdered` makes).
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -110,6 +109,18 @@ pub(crate) struct Pipeline<E, J: Job> {
     batch: Vec<J>,
     /// Whether `batch` holds a write.
     batch_writes: bool,
+    /// The key hashes of every request in `batch` (and whether each
+    /// writes): taken once per request when it is submitted, used again
+    /// when its batch launches.
+    batch_keys: Vec<(u64, bool)>,
+    /// The key hashes of the `held` request.
+    held_keys: Vec<(u64, bool)>,
+    /// Where `submit` takes a request's key hashes; empty between calls.
+    scratch: Vec<(u64, bool)>,
+    /// Keys are hashed with a key of this pipeline's own, so a client
+    /// cannot choose keys that collide in `touched`, which therefore need
+    /// not hash them again.
+    hasher: RandomState,
     /// Requests in `in_flight`, counting each of a job's requests.
     running: usize,
     /// Sequence number of the next request to start, and how many
@@ -119,7 +130,7 @@ pub(crate) struct Pipeline<E, J: Job> {
     /// Keys of unfinished jobs, by hash: the last job that touched each
     /// and the last that wrote it. Checking a request costs one lookup per
     /// key, whatever is in flight.
-    touched: HashMap<u64, Touch>,
+    touched: HashMap<u64, Touch, BuildHasherDefault<Prehashed>>,
     /// The last job that read / wrote the whole keyspace (`SCAN`,
     /// `FLUSHDB`) and the last that touched / wrote any key at all.
     all_read: Option<u64>,
@@ -143,10 +154,14 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
             spare_outputs: Vec::new(),
             batch: Vec::new(),
             batch_writes: false,
+            batch_keys: Vec::new(),
+            held_keys: Vec::new(),
+            scratch: Vec::new(),
+            hasher: RandomState::new(),
             running: 0,
             started: 0,
             done: 0,
-            touched: HashMap::new(),
+            touched: HashMap::default(),
             all_read: None,
             all_write: None,
             any_touch: None,
@@ -175,8 +190,9 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
         match &self.held {
             Some((_, after)) if self.done > *after => {
                 if let Some((job, _)) = self.held.take() {
-                    self.batch_writes |= writes(&job);
+                    self.batch_writes |= writes(&job, &self.held_keys);
                     self.batch.push(job);
+                    self.batch_keys.append(&mut self.held_keys);
                 }
                 false
             }
@@ -200,7 +216,9 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
     /// is false, and call [`launch_batch`](Self::launch_batch) before
     /// waiting for anything.
     pub(crate) fn submit(&mut self, job: J) {
-        let writes = writes(&job);
+        let mut keys = std::mem::take(&mut self.scratch);
+        self.key_hashes(&job, &mut keys);
+        let writes = writes(&job, &keys);
         // A read starts a new batch after a write (see `batch`). Launched
         // before the conflict check, so the write is among the jobs the
         // read may have to wait for.
@@ -209,16 +227,27 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
         }
         // Requests within one batch run in order, so only earlier jobs can
         // conflict.
-        match self.conflict(&job) {
+        match self.conflict(job.scope(), &keys) {
             Some(after) => {
                 self.launch_batch();
                 self.held = Some((job, after));
+                std::mem::swap(&mut self.held_keys, &mut keys);
             }
             None => {
                 self.batch_writes |= writes;
                 self.batch.push(job);
+                self.batch_keys.append(&mut keys);
             }
         }
+        keys.clear();
+        self.scratch = keys;
+    }
+
+    /// Appends the hash of each key `job` touches, and whether it writes
+    /// it, to `out`.
+    fn key_hashes(&self, job: &J, out: &mut Vec<(u64, bool)>) {
+        let hasher = &self.hasher;
+        job.for_each_key(&mut |key, writes| out.push((hasher.hash_one(key), writes)));
     }
 
     /// Sends the current batch to the pool, in one job with the batches
@@ -254,15 +283,16 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
                     self.any_write = Some(last);
                 }
             }
-            job.for_each_key(&mut |key, writes| {
-                let touch = self.touched.entry(hash(key)).or_default();
-                touch.last = last;
-                self.any_touch = Some(last);
-                if writes {
-                    touch.last_write = Some(last);
-                    self.any_write = Some(last);
-                }
-            });
+        }
+        // Every request of the batch is `last` to the map.
+        for (key, writes) in self.batch_keys.drain(..) {
+            let touch = self.touched.entry(key).or_default();
+            touch.last = last;
+            self.any_touch = Some(last);
+            if writes {
+                touch.last_write = Some(last);
+                self.any_write = Some(last);
+            }
         }
         let engine = self.stash.pop().unwrap_or_else(|| self.template.clone());
         let mut outputs = self.spare_outputs.pop().unwrap_or_default();
@@ -336,37 +366,36 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
         }
     }
 
-    /// The latest unfinished request `job` must wait for.
-    fn conflict(&self, job: &J) -> Option<u64> {
+    /// The latest unfinished request a request with `scope` and `keys`
+    /// (from [`key_hashes`](Self::key_hashes)) must wait for.
+    fn conflict(&self, scope: Scope, keys: &[(u64, bool)]) -> Option<u64> {
         let mut after = None;
-        match job.scope() {
+        match scope {
             Scope::Keys => {}
             // A whole-keyspace command waits for every earlier write (a
             // read) or every earlier request with keys (a write).
             Scope::ReadsAll => after = self.any_write,
             Scope::WritesAll => after = self.any_touch,
         }
-        job.for_each_key(&mut |key, writes| {
+        for &(key, writes) in keys {
             // Every key waits for a whole-keyspace write; a write also for
             // a whole-keyspace read.
             after = after.max(self.all_write);
             if writes {
                 after = after.max(self.all_read);
             }
-            if let Some(t) = self.touched.get(&hash(key)) {
+            if let Some(t) = self.touched.get(&key) {
                 after = after.max(if writes { Some(t.last) } else { t.last_write });
             }
-        });
+        }
         // Finished already: nothing to wait for.
         after.filter(|&seq| seq >= self.done)
     }
 }
 
-/// Whether `job` may write.
-fn writes<J: Job>(job: &J) -> bool {
-    let mut writes = job.scope() == Scope::WritesAll;
-    job.for_each_key(&mut |_, w| writes |= w);
-    writes
+/// Whether `job`, whose key hashes are `keys`, may write.
+fn writes<J: Job>(job: &J, keys: &[(u64, bool)]) -> bool {
+    job.scope() == Scope::WritesAll || keys.iter().any(|&(_, w)| w)
 }
 
 /// The last unfinished jobs that touched and wrote one key.
@@ -385,10 +414,27 @@ fn failed<J: Job>(n: usize) -> Vec<Charged<J::Output>> {
 /// as jobs finish (below it, only when the pipeline empties).
 const TOUCHED_TRIM: usize = 4096;
 
-fn hash(key: &[u8]) -> u64 {
-    let mut h = DefaultHasher::new();
-    key.hash(&mut h);
-    h.finish()
+/// The hasher of `touched`, whose keys are already hashes made with the
+/// pipeline's own random key: it passes them on instead of hashing again.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    /// Only `u64`s are hashed (through `write_u64`); this exists for the
+    /// trait and mixes whatever it is given.
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -435,6 +481,15 @@ mod tests {
 
         fn refused(_: usize) -> u32 {
             u32::MAX - 1
+        }
+    }
+
+    impl<E: KvsEngine, J: Job> Pipeline<E, J> {
+        /// What `submit` would find `job` waiting for.
+        fn conflict_of(&self, job: &J) -> Option<u64> {
+            let mut keys = Vec::new();
+            self.key_hashes(job, &mut keys);
+            self.conflict(job.scope(), &keys)
         }
     }
 
@@ -519,8 +574,8 @@ mod tests {
         p.submit(probe(&log, 0, "k", true));
         p.launch_batch();
         // Different key: not held. Same key: held behind the write.
-        assert!(p.conflict(&probe(&log, 9, "other", false)).is_none());
-        assert_eq!(p.conflict(&probe(&log, 9, "k", false)), Some(0));
+        assert!(p.conflict_of(&probe(&log, 9, "other", false)).is_none());
+        assert_eq!(p.conflict_of(&probe(&log, 9, "k", false)), Some(0));
         p.submit(probe(&log, 1, "k", false));
         assert!(p.is_blocked());
         assert_eq!(next(&mut p).await, Some(vec![0]));
@@ -559,14 +614,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_released_request_keeps_its_keys() {
+        // The key hashes taken when a request is held go with it into the
+        // batch it is released into.
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut p = pipeline();
+        p.submit(probe(&log, 0, "k", true));
+        p.submit(probe(&log, 1, "k", false));
+        assert!(p.is_blocked());
+        assert_eq!(next(&mut p).await, Some(vec![0]));
+        assert!(!p.is_blocked());
+        p.launch_batch();
+        assert_eq!(p.conflict_of(&probe(&log, 2, "k", true)), Some(1));
+        assert_eq!(p.conflict_of(&probe(&log, 3, "other", true)), None);
+        assert_eq!(next(&mut p).await, Some(vec![1]));
+    }
+
+    #[tokio::test]
     async fn reads_of_one_key_do_not_wait_for_each_other() {
         let log = Arc::new(Mutex::new(Vec::new()));
         let mut p = pipeline();
         p.submit(probe(&log, 0, "k", false));
         p.launch_batch();
-        assert!(p.conflict(&probe(&log, 1, "k", false)).is_none());
+        assert!(p.conflict_of(&probe(&log, 1, "k", false)).is_none());
         // A write waits for an earlier read of its key.
-        assert_eq!(p.conflict(&probe(&log, 2, "k", true)), Some(0));
+        assert_eq!(p.conflict_of(&probe(&log, 2, "k", true)), Some(0));
         assert_eq!(drain(&mut p).await, vec![0]);
     }
 
@@ -579,19 +651,19 @@ mod tests {
         let mut flush = probe(&log, 1, "", false);
         flush.scope = Scope::WritesAll;
         // A flush waits even for an earlier read.
-        assert_eq!(p.conflict(&flush), Some(0));
+        assert_eq!(p.conflict_of(&flush), Some(0));
         let mut scan = probe(&log, 2, "", false);
         scan.scope = Scope::ReadsAll;
         // A scan does not wait for reads...
-        assert!(p.conflict(&scan).is_none());
+        assert!(p.conflict_of(&scan).is_none());
         p.submit(flush);
         assert!(p.is_blocked());
         assert_eq!(next(&mut p).await, Some(vec![0]));
         assert!(!p.is_blocked());
         p.launch_batch();
         // ...and every key waits for a running flush.
-        assert_eq!(p.conflict(&probe(&log, 3, "zzz", false)), Some(1));
-        assert_eq!(p.conflict(&scan), Some(1));
+        assert_eq!(p.conflict_of(&probe(&log, 3, "zzz", false)), Some(1));
+        assert_eq!(p.conflict_of(&scan), Some(1));
         assert_eq!(next(&mut p).await, Some(vec![1]));
     }
 
