@@ -201,3 +201,53 @@ fn expired_keys_are_reclaimed_in_the_background_and_not_recovered() {
     assert_eq!(s.len(), 100, "expired records are not loaded again");
     assert_eq!(s.scan(None, 1).unwrap(), vec!["p0".to_string()]);
 }
+
+/// The borrowed calls the server uses agree with the `String` ones, on
+/// both engines: values, misses, expiry, and a reopen for `KvStore`.
+#[test]
+fn get_with_and_set_from_agree_with_get_and_set() {
+    fn check<E: KvsEngine>(engine: &E) {
+        let read = |key: &str| {
+            let mut seen = None;
+            let found = engine
+                .get_with(key, &mut |v| seen = Some(v.to_vec()))
+                .unwrap();
+            assert_eq!(found, seen.is_some(), "`f` runs exactly on a hit");
+            seen.map(|v| String::from_utf8(v).unwrap())
+        };
+        engine.set_from("k", "välue", NO_EXPIRY).unwrap();
+        assert_eq!(read("k").as_deref(), Some("välue"));
+        assert_eq!(
+            engine.get("k".to_owned()).unwrap().as_deref(),
+            Some("välue")
+        );
+        engine.set("s".to_owned(), "from set".to_owned()).unwrap();
+        assert_eq!(read("s").as_deref(), Some("from set"));
+        assert_eq!(read("missing"), None);
+        // Overwrite in place, then with a longer value.
+        engine.set_from("k", "v2", NO_EXPIRY).unwrap();
+        engine.set_from("k", &"x".repeat(5000), NO_EXPIRY).unwrap();
+        assert_eq!(read("k"), Some("x".repeat(5000)));
+        // A deadline in the future is kept; one in the past hides the key.
+        let later = kvs::engine::now_ms() + 60_000;
+        engine.set_from("t", "ttl", later).unwrap();
+        assert_eq!(engine.get_entry("t").unwrap().unwrap().expires_at, later);
+        engine.set_from("gone", "v", 1).unwrap();
+        assert_eq!(read("gone"), None);
+        assert_eq!(engine.get("gone".to_owned()).unwrap(), None);
+    }
+    check(&kvs::MemoryEngine::new());
+    let dir = TempDir::new().unwrap();
+    {
+        let store = KvStore::open_with(dir.path(), opts()).unwrap();
+        check(&store);
+    }
+    let store = KvStore::open_with(dir.path(), opts()).unwrap();
+    let mut seen = Vec::new();
+    assert!(store.get_with("k", &mut |v| seen = v.to_vec()).unwrap());
+    assert_eq!(
+        seen,
+        "x".repeat(5000).into_bytes(),
+        "a set_from survives a reopen"
+    );
+}

@@ -96,6 +96,26 @@ pub trait KvsEngine: Clone + Send + 'static {
     /// The live value and expiry of `key`.
     fn get_entry(&self, key: &str) -> Result<Option<Entry>>;
 
+    /// Calls `f` with the bytes of `key`'s live value and returns `true`,
+    /// or returns `false` when the key is missing. For a caller that only
+    /// copies the value somewhere (the server, into a reply): engines that
+    /// override it make no `String` of the value. `f` may run under an
+    /// engine lock: it must not call the engine.
+    fn get_with(&self, key: &str, f: &mut dyn FnMut(&[u8])) -> Result<bool> {
+        Ok(self
+            .get_entry(key)?
+            .map(|entry| f(entry.value.as_bytes()))
+            .is_some())
+    }
+
+    /// [`set_expiring`](Self::set_expiring) from borrowed strings, for a
+    /// caller that holds them in a buffer (the server, in a request it
+    /// decoded): engines that override it copy the bytes where they keep
+    /// them without making `String`s of them first.
+    fn set_from(&self, key: &str, value: &str, expires_at: u64) -> Result<()> {
+        self.set_expiring(key.to_owned(), value.to_owned(), expires_at)
+    }
+
     /// Atomic read-modify-write of one key: `f` sees the key's live entry
     /// (or `None`) and returns what to do with it and a result to hand
     /// back. No other write to `key` comes between the read and the write,

@@ -2,8 +2,8 @@
 //! length it has not received, and the payload encoding around postcard.
 
 use bytes::{BufMut, BytesMut};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
 use super::{HEADER_LEN, PROTOCOL_VERSION};
@@ -111,6 +111,12 @@ pub fn encode_frame<T: Serialize + ?Sized>(
 /// version byte, then decodes the postcard body, which must fill the rest
 /// of the payload exactly. Every failure is [`KvsError::Protocol`].
 pub fn decode_message<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
+    decode_borrowed(payload)
+}
+
+/// [`decode_message`] into a type that may borrow from `payload` (such as
+/// a `Request<&str>`): strings are checked for UTF-8, not copied.
+pub fn decode_borrowed<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T> {
     match payload.split_first() {
         None => Err(KvsError::Protocol("empty frame".to_owned())),
         Some((&PROTOCOL_VERSION, body)) => match postcard::take_from_bytes(body) {

@@ -12,7 +12,7 @@ mod codec;
 mod message;
 pub mod resp;
 
-pub use codec::{FrameCodec, decode_message, encode_frame};
+pub use codec::{FrameCodec, decode_borrowed, decode_message, encode_frame};
 pub use message::{ErrorKind, Request, Response};
 
 /// The protocol version this build speaks; the first payload byte of

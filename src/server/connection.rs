@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::inbuf::{CHUNK, InBuf};
-use super::job::{Charge, Charged, Job, JobContext, ReplyBudget};
+use super::job::{Charge, Charged, Job, JobContext, Outputs, ReplyBudget};
 use super::native::Native;
 use super::pipeline::Pipeline;
 use super::resp::Resp;
@@ -85,10 +85,12 @@ pub(crate) trait Protocol: Send + 'static {
     /// The next request in `buf`, consuming its bytes.
     fn decode(&mut self, buf: &mut BytesMut, ctx: &JobContext) -> Decoded<Self::Job>;
 
-    /// Appends the encoding of `output` to `wbuf`.
+    /// Appends the encoding of `output` to `wbuf`; `bytes` are those its
+    /// job encoded on the pool ([`Outputs::bytes`]).
     fn encode(
         &mut self,
         output: &<Self::Job as Job>::Output,
+        bytes: &[u8],
         wbuf: &mut BytesMut,
         ctx: &JobContext,
     );
@@ -247,6 +249,7 @@ async fn drive<E: KvsEngine, P: Protocol>(
     tokio::pin!(cancelled);
 
     loop {
+        let mut decoded = false;
         while accepting
             && pipeline.len() < proto.max_in_flight(cfg)
             && wbuf.len() < WRITE_HIGH_WATER
@@ -282,6 +285,10 @@ async fn drive<E: KvsEngine, P: Protocol>(
                 }
             }
             counter.commands(1);
+            decoded = true;
+        }
+        if decoded {
+            // Once per turn, not per request: a pipelined read decodes many.
             partial_since = None;
             last_activity = Instant::now();
         }
@@ -339,9 +346,9 @@ async fn drive<E: KvsEngine, P: Protocol>(
                 if wbuf.is_empty() {
                     write_progress = Instant::now();
                 }
-                let mut queue = |outputs: &mut Vec<Charged<_>>, wbuf: &mut BytesMut| {
-                    for Charged { output, charge } in outputs.drain(..) {
-                        proto.encode(&output, wbuf, &ctx);
+                let mut queue = |outputs: &mut Outputs<_>, wbuf: &mut BytesMut| {
+                    for Charged { output, charge } in outputs.list.drain(..) {
+                        proto.encode(&output, &outputs.bytes, wbuf, &ctx);
                         if let Some(charge) = charge {
                             // Held until its last byte has been written.
                             charges.push_back((written_total + wbuf.len() as u64, charge));

@@ -24,8 +24,10 @@ pub(crate) trait Job: Send + 'static {
         Scope::Keys
     }
 
-    /// Runs the request on a pool thread.
-    fn run<E: KvsEngine>(self, engine: &E, ctx: &JobContext) -> Self::Output;
+    /// Runs the request on a pool thread. `bytes` belongs to the job's
+    /// [`Outputs`]: an output may be encoded into it on the pool (a value
+    /// copied there once, straight from the engine) and name its place.
+    fn run<E: KvsEngine>(self, engine: &E, ctx: &JobContext, bytes: &mut Vec<u8>) -> Self::Output;
 
     /// The outputs of `n` requests whose job failed (panicked) on the pool.
     fn failed(n: usize) -> Vec<Self::Output>;
@@ -92,6 +94,22 @@ impl ReplyBudget {
                 budget: Arc::clone(self),
                 bytes,
             }),
+        }
+    }
+}
+
+/// The outputs of one pool job, in request order, and the bytes some of
+/// them were encoded into on the pool.
+pub(crate) struct Outputs<O> {
+    pub(crate) list: Vec<Charged<O>>,
+    pub(crate) bytes: Vec<u8>,
+}
+
+impl<O> Default for Outputs<O> {
+    fn default() -> Self {
+        Outputs {
+            list: Vec::new(),
+            bytes: Vec::new(),
         }
     }
 }

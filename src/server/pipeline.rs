@@ -24,28 +24,28 @@ use std::task::{Context, Poll};
 use futures::FutureExt;
 use tracing::warn;
 
-use super::job::{Charged, Job, JobContext};
+use super::job::{Charged, Job, JobContext, Outputs};
 use crate::KvsEngine;
 use crate::command::Scope;
 use crate::thread_pool::{Batcher, Blocking};
 
 /// A place in the response order: answered on the spot (ping, protocol
 /// errors) or a group of requests running on the pool with an engine clone
-/// and the emptied request vector, which come back with the outputs to be
-/// used again.
-enum Pending<R, O> {
-    Ready(Option<Vec<O>>),
+/// and the emptied request vector, which come back with the outputs `T`
+/// to be used again.
+enum Pending<R, T> {
+    Ready(Option<T>),
     Engine {
-        job: Blocking<(R, Vec<O>)>,
+        job: Blocking<(R, T)>,
         requests: usize,
-        failed: fn(usize) -> Vec<O>,
+        failed: fn(usize) -> T,
     },
 }
 
-impl<R, O> Unpin for Pending<R, O> {}
+impl<R, T> Unpin for Pending<R, T> {}
 
-impl<R, O> Future for Pending<R, O> {
-    type Output = (Option<R>, Vec<O>);
+impl<R, T: Default> Future for Pending<R, T> {
+    type Output = (Option<R>, T);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
@@ -77,8 +77,12 @@ struct Reuse<E, J> {
 }
 
 /// A place in one pipeline's response order, and what it yields.
-type Entry<E, J> = Pending<Reuse<E, J>, Charged<<J as Job>::Output>>;
-type Finished<E, J> = (Option<Reuse<E, J>>, Vec<Charged<<J as Job>::Output>>);
+type Entry<E, J> = Pending<Reuse<E, J>, Outputs<<J as Job>::Output>>;
+type Finished<E, J> = (Option<Reuse<E, J>>, Outputs<<J as Job>::Output>);
+
+/// Encoded bytes an emptied [`Outputs`] keeps for the next job; a larger
+/// buffer (a large value went through it) is let go.
+const KEEP_BYTES: usize = 64 * 1024;
 
 /// Spare vectors kept per kind; more than a window's worth are never in
 /// use at once.
@@ -98,7 +102,7 @@ pub(crate) struct Pipeline<E, J: Job> {
     /// Emptied request and output vectors, kept so that a batch costs no
     /// allocation for them.
     spare_jobs: Vec<Vec<J>>,
-    spare_outputs: Vec<Vec<Charged<J::Output>>>,
+    spare_outputs: Vec<Outputs<J::Output>>,
     /// Requests accepted but not yet sent to the pool; they go as one job.
     ///
     /// A batch holds whatever the connection decoded before it next waits
@@ -207,7 +211,7 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
         self.started += 1;
         self.running += 1;
         let mut outputs = self.spare_outputs.pop().unwrap_or_default();
-        outputs.push(output.into());
+        outputs.list.push(output.into());
         self.in_flight.push_back(Pending::Ready(Some(outputs)));
     }
 
@@ -298,9 +302,10 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
         let mut outputs = self.spare_outputs.pop().unwrap_or_default();
         let ctx = Arc::clone(&self.ctx);
         let run = move || {
-            outputs.extend(
+            let Outputs { list, bytes } = &mut outputs;
+            list.extend(
                 jobs.drain(..)
-                    .map(|job| ctx.replies.charge::<J>(job.run(&engine, &ctx))),
+                    .map(|job| ctx.replies.charge::<J>(job.run(&engine, &ctx, bytes))),
             );
             (Reuse { engine, jobs }, outputs)
         };
@@ -318,16 +323,16 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
 
     /// The outputs of the next entry in request order, once it has
     /// finished; `None` when nothing is in flight.
-    pub(crate) async fn next_finished(&mut self) -> Option<Vec<Charged<J::Output>>> {
+    pub(crate) async fn next_finished(&mut self) -> Option<Outputs<J::Output>> {
         let (engine, outputs) = std::future::poll_fn(|cx| self.poll_front(cx)).await?;
-        self.finished(engine, outputs.len());
+        self.finished(engine, outputs.list.len());
         Some(outputs)
     }
 
     /// Like [`next_finished`](Self::next_finished), without waiting.
-    pub(crate) fn try_next_finished(&mut self) -> Option<Vec<Charged<J::Output>>> {
+    pub(crate) fn try_next_finished(&mut self) -> Option<Outputs<J::Output>> {
         let (engine, outputs) = std::future::poll_fn(|cx| self.poll_front(cx)).now_or_never()??;
-        self.finished(engine, outputs.len());
+        self.finished(engine, outputs.list.len());
         Some(outputs)
     }
 
@@ -341,10 +346,14 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
         Poll::Ready(Some(done))
     }
 
-    /// Takes back an output vector the caller has emptied.
-    pub(crate) fn recycle(&mut self, outputs: Vec<Charged<J::Output>>) {
-        debug_assert!(outputs.is_empty());
-        if self.spare_outputs.len() < SPARES && outputs.capacity() > 0 {
+    /// Takes back outputs the caller has emptied.
+    pub(crate) fn recycle(&mut self, mut outputs: Outputs<J::Output>) {
+        debug_assert!(outputs.list.is_empty());
+        if self.spare_outputs.len() < SPARES && outputs.list.capacity() > 0 {
+            if outputs.bytes.capacity() > KEEP_BYTES {
+                outputs.bytes = Vec::new();
+            }
+            outputs.bytes.clear();
             self.spare_outputs.push(outputs);
         }
     }
@@ -406,8 +415,11 @@ struct Touch {
 }
 
 /// The outputs of `n` requests whose job panicked, uncharged.
-fn failed<J: Job>(n: usize) -> Vec<Charged<J::Output>> {
-    J::failed(n).into_iter().map(Charged::from).collect()
+fn failed<J: Job>(n: usize) -> Outputs<J::Output> {
+    Outputs {
+        list: J::failed(n).into_iter().map(Charged::from).collect(),
+        bytes: Vec::new(),
+    }
 }
 
 /// Past this many keys in flight, finished ones are dropped from the map
@@ -466,7 +478,7 @@ mod tests {
             self.scope
         }
 
-        fn run<E: KvsEngine>(self, _: &E, _: &JobContext) -> u32 {
+        fn run<E: KvsEngine>(self, _: &E, _: &JobContext, _: &mut Vec<u8>) -> u32 {
             self.log.lock().unwrap().push(self.id);
             self.id
         }
@@ -526,7 +538,7 @@ mod tests {
 
     async fn next(p: &mut Pipeline<MemoryEngine, Probe>) -> Option<Vec<u32>> {
         let outputs = p.next_finished().await?;
-        Some(outputs.into_iter().map(|c| c.output).collect())
+        Some(outputs.list.into_iter().map(|c| c.output).collect())
     }
 
     async fn drain(p: &mut Pipeline<MemoryEngine, Probe>) -> Vec<u32> {
@@ -537,7 +549,7 @@ mod tests {
             }
             p.launch_batch();
             match p.next_finished().await {
-                Some(outputs) => out.extend(outputs.into_iter().map(|c| c.output)),
+                Some(outputs) => out.extend(outputs.list.into_iter().map(|c| c.output)),
                 None => break,
             }
         }
@@ -680,7 +692,7 @@ mod tests {
             f(self.key.as_bytes(), self.value.is_some());
         }
 
-        fn run<E: KvsEngine>(self, engine: &E, _: &JobContext) -> Option<String> {
+        fn run<E: KvsEngine>(self, engine: &E, _: &JobContext, _: &mut Vec<u8>) -> Option<String> {
             match self.value {
                 Some(value) => {
                     engine.set(self.key, value).unwrap();
@@ -719,7 +731,7 @@ mod tests {
             let _ = p.is_blocked();
             p.launch_batch();
             match p.next_finished().await {
-                Some(outputs) => out.extend(outputs.into_iter().map(|c| c.output)),
+                Some(outputs) => out.extend(outputs.list.into_iter().map(|c| c.output)),
                 None if ops.peek().is_none() && p.is_empty() => return out,
                 None => {}
             }

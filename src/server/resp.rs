@@ -73,7 +73,7 @@ impl Protocol for Resp {
         }
     }
 
-    fn encode(&mut self, output: &Reply, wbuf: &mut BytesMut, _: &JobContext) {
+    fn encode(&mut self, output: &Reply, _: &[u8], wbuf: &mut BytesMut, _: &JobContext) {
         output.encode(wbuf);
     }
 
@@ -107,7 +107,7 @@ impl Job for RespJob {
         self.0.scope()
     }
 
-    fn run<E: KvsEngine>(self, engine: &E, ctx: &JobContext) -> Reply {
+    fn run<E: KvsEngine>(self, engine: &E, ctx: &JobContext, _: &mut Vec<u8>) -> Reply {
         // A value as large as the biggest bulk accepted must be readable
         // back: room for the bulk header on top.
         let budget = ctx.config.max_frame_len + 64;

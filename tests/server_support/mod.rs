@@ -143,8 +143,10 @@ impl GatedEngine {
     }
 }
 
-impl KvsEngine for GatedEngine {
-    fn set(&self, key: String, value: String) -> kvs::Result<()> {
+impl GatedEngine {
+    /// What a set goes through before the inner engine: the panic key,
+    /// the count, the gate.
+    fn enter_set(&self, key: &str) {
         if key == GatedEngine::PANIC_KEY {
             panic!("test engine asked to panic");
         }
@@ -153,11 +155,10 @@ impl KvsEngine for GatedEngine {
         while *closed {
             closed = self.state.changed.wait(closed).unwrap();
         }
-        drop(closed);
-        self.inner.set(key, value)
     }
 
-    fn get(&self, key: String) -> kvs::Result<Option<String>> {
+    /// What a get goes through before the inner engine.
+    fn enter_get(&self, key: &str) -> kvs::Result<()> {
         if key == GatedEngine::CORRUPT_KEY {
             return Err(kvs::KvsError::Corrupt {
                 path: "/srv/secret/data/00000000000000000007.log".into(),
@@ -166,7 +167,29 @@ impl KvsEngine for GatedEngine {
             });
         }
         self.state.gets.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl KvsEngine for GatedEngine {
+    fn set(&self, key: String, value: String) -> kvs::Result<()> {
+        self.enter_set(&key);
+        self.inner.set(key, value)
+    }
+
+    fn set_from(&self, key: &str, value: &str, expires_at: u64) -> kvs::Result<()> {
+        self.enter_set(key);
+        self.inner.set_from(key, value, expires_at)
+    }
+
+    fn get(&self, key: String) -> kvs::Result<Option<String>> {
+        self.enter_get(&key)?;
         self.inner.get(key)
+    }
+
+    fn get_with(&self, key: &str, f: &mut dyn FnMut(&[u8])) -> kvs::Result<bool> {
+        self.enter_get(key)?;
+        self.inner.get_with(key, f)
     }
 
     fn remove(&self, key: String) -> kvs::Result<()> {

@@ -95,6 +95,14 @@ impl KvsEngine for KvStore {
         self.reader.borrow_mut().get(self.core(), key)
     }
 
+    fn get_with(&self, key: &str, f: &mut dyn FnMut(&[u8])) -> Result<bool> {
+        self.reader.borrow_mut().get_with(self.core(), key, f)
+    }
+
+    fn set_from(&self, key: &str, value: &str, expires_at: u64) -> Result<()> {
+        self.core().write(Kind::Put, key, value, expires_at)
+    }
+
     /// `f` runs under the writer lock: it must not call into this store.
     fn update<R>(&self, key: String, f: impl FnOnce(Option<Entry>) -> (Update, R)) -> Result<R> {
         let core = self.core();

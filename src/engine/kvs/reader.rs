@@ -64,6 +64,30 @@ impl Reader {
 
     /// Reads the current live entry of `key`.
     pub fn get(&mut self, core: &Core, key: &str) -> Result<Option<Entry>> {
+        self.find(core, key, |core, reader, loc| reader.read(core, key, loc))
+    }
+
+    /// Calls `f` with the value bytes of the current live entry of `key`;
+    /// `false` when there is none. No copy is made and the bytes are not
+    /// checked for UTF-8 (the record's CRC is).
+    pub fn get_with(&mut self, core: &Core, key: &str, f: &mut dyn FnMut(&[u8])) -> Result<bool> {
+        self.find(core, key, |core, reader, loc| {
+            reader.with_record(core, key, loc, |value, _| {
+                f(value);
+                Ok(())
+            })
+        })
+        .map(|found| found.is_some())
+    }
+
+    /// Looks `key` up and runs `read` on its live position, again if the
+    /// segment was deleted under it.
+    fn find<R>(
+        &mut self,
+        core: &Core,
+        key: &str,
+        mut read: impl FnMut(&Core, &mut Self, Loc) -> Result<R>,
+    ) -> Result<Option<R>> {
         for _ in 0..MAX_RETRIES {
             self.refresh(core);
             let Some(loc) = core.index.get(key) else {
@@ -72,7 +96,7 @@ impl Reader {
             if loc.expired() {
                 return Ok(None);
             }
-            match self.read(core, key, loc) {
+            match read(core, self, loc) {
                 Err(KvsError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
                     // Compaction retired the segment after we read the index;
                     // the index already points elsewhere.
@@ -89,6 +113,21 @@ impl Reader {
     /// Reads and checks the record of `key` at `loc`. A segment deleted
     /// under the reader is an `Io` error of kind `NotFound`.
     pub fn read(&mut self, core: &Core, key: &str, loc: Loc) -> Result<Entry> {
+        self.with_record(core, key, loc, |value, expires_at| {
+            let value = String::from_utf8(value.to_vec()).map_err(|_| "value is not UTF-8")?;
+            Ok(Entry { value, expires_at })
+        })
+    }
+
+    /// Checks the record of `key` at `loc` and calls `f` with its value
+    /// and expiry; an `Err` from `f` is a reason the record is corrupt.
+    fn with_record<R>(
+        &mut self,
+        core: &Core,
+        key: &str,
+        loc: Loc,
+        f: impl FnOnce(&[u8], u64) -> std::result::Result<R, &'static str>,
+    ) -> Result<R> {
         let start = loc.offset as usize;
         let end = start + loc.len as usize;
         let map = self.map(core, loc.seg, end)?;
@@ -111,11 +150,6 @@ impl Reader {
         // `KvStore::open`); a truncation would fault here (SIGBUS).
         let rec = unsafe { std::slice::from_raw_parts(map.as_ptr().add(start), end - start) };
         let h = segment::check_record(rec, Some(key)).map_err(corrupt)?;
-        let value = &rec[RECORD_HEADER_LEN + h.key_len..];
-        let value = String::from_utf8(value.to_vec()).map_err(|_| corrupt("value is not UTF-8"))?;
-        Ok(Entry {
-            value,
-            expires_at: h.expires_at,
-        })
+        f(&rec[RECORD_HEADER_LEN + h.key_len..], h.expires_at).map_err(corrupt)
     }
 }

@@ -72,6 +72,26 @@ impl MemoryEngine {
         }
         MemoryEngine { store }
     }
+
+    /// Calls `f` with the value and expiry of `key` under its stripe lock
+    /// and marks the key used; `false` (and a reclaimed key) when it is
+    /// missing or expired.
+    fn with_live(&self, key: &str, f: impl FnOnce(&str, u64)) -> bool {
+        let mut locked = self.store.lock(key);
+        let Some(view) = locked.view(key) else {
+            return false;
+        };
+        if view.expires_at != NO_EXPIRY {
+            let now = now_ms();
+            if expired_at(view.expires_at, now) {
+                self.store.expire_locked(&mut locked, key, now);
+                return false;
+            }
+        }
+        self.store.policy.touch(view.item);
+        f(view.value, view.expires_at);
+        true
+    }
 }
 
 impl KvsEngine for MemoryEngine {
@@ -101,36 +121,36 @@ impl KvsEngine for MemoryEngine {
     }
 
     fn set_expiring(&self, key: String, value: String, expires_at: u64) -> Result<()> {
-        let mut locked = self.store.lock(&key);
+        self.set_from(&key, &value, expires_at)
+    }
+
+    fn set_from(&self, key: &str, value: &str, expires_at: u64) -> Result<()> {
+        let mut locked = self.store.lock(key);
         if expires_at != NO_EXPIRY && expired_at(expires_at, now_ms()) {
             // Redis: a SET with a deadline already past deletes the key.
-            self.store.remove_locked(&mut locked, &key);
+            self.store.remove_locked(&mut locked, key);
             return Ok(());
         }
         self.store
-            .write_locked(&mut locked, &key, &value, expires_at)?;
+            .write_locked(&mut locked, key, value, expires_at)?;
         drop(locked);
         self.store.evict_to_bound();
         Ok(())
     }
 
     fn get_entry(&self, key: &str) -> Result<Option<Entry>> {
-        let mut locked = self.store.lock(key);
-        let Some(view) = locked.view(key) else {
-            return Ok(None);
-        };
-        if view.expires_at != NO_EXPIRY {
-            let now = now_ms();
-            if expired_at(view.expires_at, now) {
-                self.store.expire_locked(&mut locked, key, now);
-                return Ok(None);
-            }
-        }
-        self.store.policy.touch(view.item);
-        Ok(Some(Entry {
-            value: view.value.to_owned(),
-            expires_at: view.expires_at,
-        }))
+        let mut entry = None;
+        self.with_live(key, |value, expires_at| {
+            entry = Some(Entry {
+                value: value.to_owned(),
+                expires_at,
+            });
+        });
+        Ok(entry)
+    }
+
+    fn get_with(&self, key: &str, f: &mut dyn FnMut(&[u8])) -> Result<bool> {
+        Ok(self.with_live(key, |value, _| f(value.as_bytes())))
     }
 
     fn update<R>(&self, key: String, f: impl FnOnce(Option<Entry>) -> (Update, R)) -> Result<R> {
