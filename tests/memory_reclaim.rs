@@ -63,6 +63,11 @@ fn held() -> usize {
     HELD.load(Ordering::Relaxed)
 }
 
+/// Long enough that no key expires before all are written, even in a
+/// debug build on a loaded machine (a 200 ms TTL did: the "filled" check
+/// then saw reclaimed keys).
+const TTL: Duration = Duration::from_secs(2);
+
 const KEYS: usize = 10_000;
 const VALUE: usize = 4096;
 
@@ -100,9 +105,7 @@ fn check(eviction: EvictionPolicy, gone: Gone) {
     for i in 0..KEYS {
         let key = format!("key{i:06}");
         match gone {
-            Gone::Expired => e
-                .set_with_ttl(key, value.clone(), Duration::from_millis(200))
-                .unwrap(),
+            Gone::Expired => e.set_with_ttl(key, value.clone(), TTL).unwrap(),
             Gone::Removed => e.set(key, value.clone()).unwrap(),
         }
     }
@@ -116,7 +119,7 @@ fn check(eviction: EvictionPolicy, gone: Gone) {
             let start = Instant::now();
             while e.stats().used_memory != 0 {
                 assert!(
-                    start.elapsed() < Duration::from_secs(5),
+                    start.elapsed() < TTL + Duration::from_secs(5),
                     "{eviction}: keys not expired"
                 );
                 thread::sleep(Duration::from_millis(20));
