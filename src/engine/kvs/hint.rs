@@ -36,6 +36,51 @@ pub struct Latest {
     pub open: bool,
 }
 
+/// One record of a [`Keyed`] list: its key is `keys[start..end]`.
+pub type KeyedRec = (usize, usize, Loc, Kind);
+
+/// What a segment holds, per key (its last record), sorted by key, with
+/// every key in one buffer: what recovery reads, without an allocation
+/// per key.
+pub struct Keyed {
+    /// The keys, one after the other.
+    pub keys: String,
+    /// `(start, end, position, kind)`; kind is `Put` or `Tombstone`.
+    pub records: Vec<KeyedRec>,
+    /// The segment holds a `Clear`: `records` are those after the last one.
+    pub cleared: bool,
+    /// Written at a clean close for the newest, unsealed segment.
+    pub open: bool,
+}
+
+impl Keyed {
+    /// The same list with its keys in one buffer.
+    pub fn from_latest(l: Latest) -> Keyed {
+        let mut keys = String::with_capacity(l.records.iter().map(|r| r.0.len()).sum());
+        let records = l
+            .records
+            .into_iter()
+            .map(|(k, loc, kind)| {
+                let start = keys.len();
+                keys.push_str(&k);
+                (start, keys.len(), loc, kind)
+            })
+            .collect();
+        Keyed {
+            keys,
+            records,
+            cleared: l.cleared,
+            open: l.open,
+        }
+    }
+
+    /// The key of record `r`.
+    #[cfg(test)]
+    pub fn key(&self, r: &KeyedRec) -> &str {
+        &self.keys[r.0..r.1]
+    }
+}
+
 /// Path of the hint of segment `id`.
 pub fn path(dir: &Path, id: SegmentId) -> PathBuf {
     dir.join(format!("{id:020}.hint"))
@@ -153,22 +198,18 @@ pub fn read(
     id: SegmentId,
     seg_len: u64,
     seg_crc: u32,
-) -> Option<std::result::Result<Latest, String>> {
-    let p = path(dir, id);
-    let mut bytes = Vec::new();
-    match File::open(&p) {
-        Ok(mut f) => {
-            if let Err(e) = f.read_to_end(&mut bytes) {
-                return Some(Err(format!("read: {e}")));
-            }
-        }
+) -> Option<std::result::Result<Keyed, String>> {
+    // `fs::read` sizes the buffer from the file's length: one allocation
+    // and one copy.
+    let bytes = match fs::read(path(dir, id)) {
+        Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
-        Err(e) => return Some(Err(format!("open: {e}"))),
-    }
+        Err(e) => return Some(Err(format!("read: {e}"))),
+    };
     Some(decode(&bytes, id, seg_len, seg_crc))
 }
 
-fn decode(b: &[u8], id: SegmentId, seg_len: u64, seg_crc: u32) -> Result<Latest, String> {
+fn decode(b: &[u8], id: SegmentId, seg_len: u64, seg_crc: u32) -> Result<Keyed, String> {
     if b.len() < HEADER_LEN + 4 {
         return Err("shorter than its header".into());
     }
@@ -195,7 +236,10 @@ fn decode(b: &[u8], id: SegmentId, seg_len: u64, seg_crc: u32) -> Result<Latest,
     if count > (body.len() / ENTRY_LEN) as u64 {
         return Err("entry count larger than the file".into());
     }
-    let mut records: Vec<(String, Loc, Kind)> = Vec::with_capacity(count as usize);
+    let mut records: Vec<KeyedRec> = Vec::with_capacity(count as usize);
+    // Every key is copied into one buffer: no allocation per key.
+    let mut keys = String::with_capacity(body.len() - HEADER_LEN - count as usize * ENTRY_LEN);
+    let mut last: Option<&str> = None;
     let mut at = HEADER_LEN;
     for _ in 0..count {
         if body.len() - at < ENTRY_LEN {
@@ -223,15 +267,19 @@ fn decode(b: &[u8], id: SegmentId, seg_len: u64, seg_crc: u32) -> Result<Latest,
         let key = std::str::from_utf8(&body[at..at + key_len]).map_err(|_| "key not UTF-8")?;
         at += key_len;
         // The merge relies on each list being strictly sorted.
-        if records.last().is_some_and(|last| last.0.as_str() >= key) {
+        if last.is_some_and(|last| last >= key) {
             return Err("keys out of order".into());
         }
-        records.push((key.to_owned(), loc, kind));
+        last = Some(key);
+        let start = keys.len();
+        keys.push_str(key);
+        records.push((start, keys.len(), loc, kind));
     }
     if at != body.len() {
         return Err("bytes after the last entry".into());
     }
-    Ok(Latest {
+    Ok(Keyed {
+        keys,
         records,
         cleared,
         open: flags & FLAG_OPEN != 0,
@@ -508,6 +556,11 @@ mod tests {
         l.records.clone()
     }
 
+    fn keyed_entries(l: &Keyed) -> Vec<(String, Loc, Kind)> {
+        let e = |r: &KeyedRec| (l.key(r).to_owned(), r.2, r.3);
+        l.records.iter().map(e).collect()
+    }
+
     #[test]
     fn the_close_hint_lists_what_a_scan_finds() {
         use Kind::{Clear, Put, Tombstone};
@@ -538,7 +591,7 @@ mod tests {
             assert!(write_open(dir.path(), 7, len, crc).unwrap(), "case {i}");
             let hinted = read(dir.path(), 7, len, crc).unwrap().unwrap();
             let (scanned, _) = scan_latest(dir.path(), 7).unwrap();
-            assert_eq!(entries(&hinted), entries(&scanned), "case {i}");
+            assert_eq!(keyed_entries(&hinted), entries(&scanned), "case {i}");
             assert_eq!(hinted.cleared, scanned.cleared, "case {i}");
             assert!(hinted.open, "case {i}");
         }
@@ -565,7 +618,7 @@ mod tests {
         assert!(write_open(dir.path(), 7, len, crc).unwrap());
         let hinted = read(dir.path(), 7, len, crc).unwrap().unwrap();
         let (scanned, _) = scan_latest(dir.path(), 7).unwrap();
-        assert_eq!(entries(&hinted), entries(&scanned));
+        assert_eq!(keyed_entries(&hinted), entries(&scanned));
         assert_eq!(hinted.records.len(), 7);
     }
 

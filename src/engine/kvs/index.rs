@@ -3,11 +3,11 @@
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher, RandomState};
 use std::ops::Bound;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crossbeam_skiplist::SkipMap;
+use triomphe::{Arc, HeaderSlice};
 
 use super::segment::SegmentId;
 
@@ -40,8 +40,8 @@ impl Loc {
 /// The index: every live key once, reachable two ways. A hash set serves
 /// point lookups (`get`, the writer's checks); a skip list keeps the keys in
 /// order for `scan`, the expiry sweep and compaction. Both hold the same
-/// [`Key`] (one `Arc` of a [`Node`]: key bytes and [`Slot`] are never
-/// copied).
+/// [`Key`] (one `Arc` of a [`Node`], the [`Slot`] with the key bytes after
+/// it in one allocation; neither is ever copied).
 ///
 /// NOTE: a key's position changes in place, in its [`Slot`]; the node is
 /// never replaced while the key lives (crossbeam unlinks an old entry
@@ -64,64 +64,62 @@ pub struct Index {
     hashed: AtomicBool,
 }
 
-/// One key's entry, shared by both structures of the [`Index`].
-pub struct Node {
-    slot: Slot,
-    key: Box<str>,
-}
-
-impl Node {
-    /// The key.
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
-    /// The key's current position (see [`Slot::load`]).
-    pub fn load(&self) -> Loc {
-        self.slot.load()
-    }
-
-    /// Moves the key. Only the holder of the writer lock may call it.
-    pub fn store(&self, loc: Loc) {
-        self.slot.store(loc)
-    }
-}
+/// One key's entry, shared by both structures of the [`Index`]: its
+/// [`Slot`] and, in the same allocation, its bytes.
+pub type Node = HeaderSlice<Slot, str>;
 
 /// A shared handle to a [`Node`], hashed, compared and borrowed as its key
 /// string so that both structures look it up by `&str`.
+///
+/// A `triomphe::Arc` of the slot with the key after it: one allocation
+/// per key (std's `Arc` cannot hold an unsized key beside a header, so the
+/// key was a `Box<str>` of its own), and no weak count.
 #[derive(Clone)]
 pub struct Key(Arc<Node>);
 
 impl Key {
+    /// A new node for `key` at `loc`, in no index yet.
+    pub fn new(key: &str, loc: Loc) -> Key {
+        Key(Arc::from_header_and_str(Slot::new(loc), key))
+    }
+
     /// Whether both handles are the same node (not only the same key).
     pub fn same(&self, other: &Key) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
-}
 
-impl std::ops::Deref for Key {
-    type Target = Node;
-    fn deref(&self) -> &Node {
-        &self.0
+    /// The key.
+    pub fn key(&self) -> &str {
+        &self.0.slice
+    }
+
+    /// The key's current position (see [`Slot::load`]).
+    pub fn load(&self) -> Loc {
+        self.0.header.load()
+    }
+
+    /// Moves the key. Only the holder of the writer lock may call it.
+    pub fn store(&self, loc: Loc) {
+        self.0.header.store(loc)
     }
 }
 
 impl Borrow<str> for Key {
     fn borrow(&self) -> &str {
-        &self.0.key
+        self.key()
     }
 }
 
 impl Hash for Key {
     fn hash<H: Hasher>(&self, h: &mut H) {
         // The same bytes `str::hash` feeds, as `Borrow<str>` requires.
-        self.0.key.hash(h)
+        self.key().hash(h)
     }
 }
 
 impl PartialEq for Key {
     fn eq(&self, other: &Key) -> bool {
-        self.0.key == other.0.key
+        self.key() == other.key()
     }
 }
 
@@ -135,7 +133,7 @@ impl PartialOrd for Key {
 
 impl Ord for Key {
     fn cmp(&self, other: &Key) -> std::cmp::Ordering {
-        self.0.key.cmp(&other.0.key)
+        self.key().cmp(other.key())
     }
 }
 
@@ -202,11 +200,8 @@ impl Index {
     }
 
     /// Adds `key`, which is not in the index, at `loc`. Writer lock only.
-    pub fn insert(&self, key: String, loc: Loc) -> Key {
-        let k = Key(Arc::new(Node {
-            slot: Slot::new(loc),
-            key: key.into_boxed_str(),
-        }));
+    pub fn insert(&self, key: &str, loc: Loc) -> Key {
+        let k = Key::new(key, loc);
         self.insert_key(k.clone());
         k
     }
@@ -219,12 +214,8 @@ impl Index {
 
     /// Recovery only, before anyone reads: adds `key` to the ordered half
     /// alone ([`Index::fill_hashed`] adds it to the other after the open).
-    pub fn insert_ordered(&self, key: String, loc: Loc) {
-        let k = Key(Arc::new(Node {
-            slot: Slot::new(loc),
-            key: key.into_boxed_str(),
-        }));
-        self.ordered.insert(k, ());
+    pub fn insert_ordered(&self, key: Key) {
+        self.ordered.insert(key, ());
     }
 
     /// Removes `key`; returns whether it was there. Writer lock only.
@@ -320,16 +311,18 @@ impl Slot {
     }
 }
 
-/// Estimated bytes one index entry takes: the key's heap bytes, the
-/// shared [`Node`] with its `Arc` counts, the skip-list node (refcount,
+/// Estimated bytes one index entry takes: the shared [`Node`] (slot, key
+/// bytes and `Arc` count in one allocation), the skip-list node (refcount,
 /// height, the `Key` and on average two tower pointers) and the hash set's
 /// share (its boxed entry and table slot at the load it keeps), as measured
 /// with a counting allocator (`benches/engine.rs` prints the total).
 pub fn entry_bytes(key: &str) -> u64 {
-    const ARC_COUNTS: usize = 16;
+    // Measured with an 8-byte `Key`; a fat one is 8 more in each half.
+    const ARC_COUNT: usize = 8;
     const ORDERED_NODE: usize = 32;
     const HASH_ENTRY: usize = 28;
-    (key.len() + std::mem::size_of::<Node>() + ARC_COUNTS + ORDERED_NODE + HASH_ENTRY) as u64
+    let wide = 2 * (std::mem::size_of::<Key>() - 8);
+    (key.len() + std::mem::size_of::<Slot>() + ARC_COUNT + ORDERED_NODE + HASH_ENTRY + wide) as u64
 }
 
 /// Current Unix time in milliseconds.
@@ -362,7 +355,7 @@ mod tests {
     fn both_halves_hold_the_same_keys_and_nodes() {
         let index = Index::with_capacity(0);
         for i in (50..100u64).rev() {
-            index.insert_ordered(format!("k{i:03}"), at(i));
+            index.insert_ordered(Key::new(&format!("k{i:03}"), at(i)));
         }
         // Before the fill, lookups go to the skip list.
         assert_eq!(index.get("k077"), Some(at(77)));
@@ -370,7 +363,7 @@ mod tests {
         filled(&index);
         assert_eq!(index.hash.len(), 50);
         for i in (0..50u64).rev() {
-            index.insert(format!("k{i:03}"), at(i));
+            index.insert(&format!("k{i:03}"), at(i));
         }
         assert_eq!(index.len(), 100);
         assert_eq!(index.get("k042"), Some(at(42)));
@@ -401,13 +394,13 @@ mod tests {
         let index = Index::with_capacity(0);
         filled(&index);
         for i in 0..16u64 {
-            index.insert(format!("stable{i}"), at(i));
+            index.insert(&format!("stable{i}"), at(i));
         }
         let done = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|s| {
             s.spawn(|| {
                 for i in 0..200_000u64 {
-                    index.insert(format!("grow{i}"), at(i));
+                    index.insert(&format!("grow{i}"), at(i));
                     index.node("stable3").unwrap().store(at(i));
                 }
                 done.store(true, Ordering::Relaxed);
@@ -427,7 +420,7 @@ mod tests {
         let index = Index::with_capacity(0);
         // As recovery leaves it: every key in the skip list only.
         for i in 0..60_000u64 {
-            index.insert_ordered(format!("k{i:06}"), at(i));
+            index.insert_ordered(Key::new(&format!("k{i:06}"), at(i)));
         }
         let writer = std::sync::Mutex::new(());
         let done = AtomicBool::new(false);
@@ -450,9 +443,9 @@ mod tests {
                     let _w = writer.lock().unwrap();
                     let j = if i % 2 == 0 { i * 3 } else { 59_999 - i * 3 };
                     assert!(index.remove(&format!("k{j:06}")));
-                    index.insert(format!("new{i:06}"), at(i));
+                    index.insert(&format!("new{i:06}"), at(i));
                     if i % 4 == 0 {
-                        index.insert(format!("k{j:06}"), at(j + 1));
+                        index.insert(&format!("k{j:06}"), at(j + 1));
                     }
                 }
                 done.store(true, Ordering::Relaxed);

@@ -13,8 +13,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::hint;
-use super::index::{self, Index, Loc, now_ms};
+use super::hint::{self, KeyedRec};
+use super::index::{self, Index, Key, Loc, now_ms};
 use super::manifest::Manifest;
 use super::record::{self, Kind, SEGMENT_HEADER_LEN};
 use super::scan::{self, ScanEnd};
@@ -71,7 +71,9 @@ fn remove_dead(dir: &Path, dead: &[SegmentId]) {
 /// The last record of each key in one segment, sorted by key.
 struct Scanned {
     id: SegmentId,
-    records: Vec<(String, Loc, Kind)>,
+    records: Vec<KeyedRec>,
+    /// Every key of `records`, one after the other.
+    keys: String,
     /// The segment holds a `Clear` record: `records` are only those after
     /// the last one, and every older segment is dead.
     cleared: bool,
@@ -184,27 +186,35 @@ pub fn recover(dir: &Path, segment_size: u64) -> Result<Recovered> {
                 len,
             } => newest_tail(&newest_path, *offset, reason, *len, newest_scan_crc),
         });
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(String, Loc)>>(4);
-        scope.spawn(move || {
+        // The merge thread makes each key's node (its one allocation,
+        // from the key in the segment's key buffer); this one links them
+        // into the skip list.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Key>>(4);
+        let merged = scope.spawn(move || {
             const CHUNK: usize = 8192;
             let mut chunk = Vec::with_capacity(CHUNK);
-            merge(scanned, |key, loc| {
-                chunk.push((key, loc));
+            let (mut live_bytes, mut index_bytes) = (0, 0);
+            merge(&scanned, |key, loc| {
+                live_bytes += loc.len as u64;
+                index_bytes += index::entry_bytes(key);
+                chunk.push(Key::new(key, loc));
                 if chunk.len() == CHUNK {
                     let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
                     let _ = tx.send(full);
                 }
             });
             let _ = tx.send(chunk);
+            (live_bytes, index_bytes)
         });
-        let (mut live_bytes, mut index_bytes) = (0, 0);
         for chunk in rx {
-            for (key, loc) in chunk {
-                live_bytes += loc.len as u64;
-                index_bytes += index::entry_bytes(&key);
-                index.insert_ordered(key, loc);
+            for key in chunk {
+                index.insert_ordered(key);
             }
         }
+        let (live_bytes, index_bytes) = match merged.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
         let r = match newest_job.join() {
             Ok(r) => r,
             Err(panic) => std::panic::resume_unwind(panic),
@@ -338,6 +348,7 @@ fn scan_one(dir: &Path, id: SegmentId, newest: bool) -> Result<Scanned> {
                 return Ok(Scanned {
                     id,
                     records: l.records,
+                    keys: l.keys,
                     cleared: l.cleared,
                     end: ScanEnd::Clean { len },
                     version: record::FORMAT_VERSION,
@@ -355,9 +366,11 @@ fn scan_one(dir: &Path, id: SegmentId, newest: bool) -> Result<Scanned> {
         }
     }
     let (latest, scan) = hint::scan_latest(dir, id)?;
+    let latest = hint::Keyed::from_latest(latest);
     Ok(Scanned {
         id,
         records: latest.records,
+        keys: latest.keys,
         cleared: latest.cleared,
         end: scan.end,
         version: scan.version,
@@ -377,29 +390,31 @@ fn scan_one(dir: &Path, id: SegmentId, newest: bool) -> Result<Scanned> {
 /// key once per list, twice over (the pick and the skip of equal keys):
 /// with the 20 segments of 10M keys, the merge and its `memcmp` were 37%
 /// of the open.
-fn merge(scanned: Vec<Scanned>, mut emit: impl FnMut(String, Loc)) {
+fn merge(scanned: &[Scanned], mut emit: impl FnMut(&str, Loc)) {
     let first_live = scanned.iter().rposition(|s| s.cleared).unwrap_or(0);
     let now = now_ms();
-    let mut lists: Vec<Vec<(String, Loc, Kind)>> = scanned
-        .into_iter()
-        .skip(first_live)
-        .map(|s| s.records)
+    let lists: Vec<List<'_>> = scanned[first_live..]
+        .iter()
+        .map(|s| List {
+            keys: &s.keys,
+            records: &s.records,
+        })
         .collect();
     let mut pos = vec![0usize; lists.len()];
     let mut tree = Winners::new(lists.len(), &lists, &pos);
     loop {
         let b = tree.winner();
-        let Some(head) = lists.get_mut(b).and_then(|l| l.get_mut(pos[b])) else {
+        let Some(key) = head_of(&lists, &pos, b) else {
             return;
         };
-        let (key, loc, kind) = (std::mem::take(&mut head.0), head.1, head.2);
+        let (_, _, loc, kind) = lists[b].records[pos[b]];
         pos[b] += 1;
         tree.replay(b, &lists, &pos);
         // Older records of the same key (lists are in segment id order, and
         // among equal keys the tree puts the newest list first).
         loop {
             let w = tree.winner();
-            if head_of(&lists, &pos, w) != Some(key.as_str()) {
+            if head_of(&lists, &pos, w) != Some(key) {
                 break;
             }
             pos[w] += 1;
@@ -411,9 +426,16 @@ fn merge(scanned: Vec<Scanned>, mut emit: impl FnMut(String, Loc)) {
     }
 }
 
+/// One segment's sorted list, as the merge reads it.
+struct List<'a> {
+    keys: &'a str,
+    records: &'a [KeyedRec],
+}
+
 /// The key at the head of list `i`, if it has one left.
-fn head_of<'a>(lists: &'a [Vec<(String, Loc, Kind)>], pos: &[usize], i: usize) -> Option<&'a str> {
-    lists.get(i)?.get(pos[i]).map(|h| h.0.as_str())
+fn head_of<'a>(lists: &[List<'a>], pos: &[usize], i: usize) -> Option<&'a str> {
+    let l = lists.get(i)?;
+    l.records.get(pos[i]).map(|r| &l.keys[r.0..r.1])
 }
 
 /// A winner (tournament) tree over list indices: `nodes[1]` is the list
@@ -426,7 +448,7 @@ struct Winners {
 }
 
 impl Winners {
-    fn new(n: usize, lists: &[Vec<(String, Loc, Kind)>], pos: &[usize]) -> Winners {
+    fn new(n: usize, lists: &[List<'_>], pos: &[usize]) -> Winners {
         let size = n.next_power_of_two().max(1);
         let mut nodes = vec![usize::MAX; 2 * size];
         for i in 0..n {
@@ -443,7 +465,7 @@ impl Winners {
         self.nodes[if self.size == 1 { self.size } else { 1 }]
     }
 
-    fn play(&self, a: usize, b: usize, lists: &[Vec<(String, Loc, Kind)>], pos: &[usize]) -> usize {
+    fn play(&self, a: usize, b: usize, lists: &[List<'_>], pos: &[usize]) -> usize {
         match (head_of(lists, pos, a), head_of(lists, pos, b)) {
             (None, _) => b,
             (Some(_), None) => a,
@@ -456,7 +478,7 @@ impl Winners {
     }
 
     /// Replays the matches from list `i`'s leaf up after its head moved.
-    fn replay(&mut self, i: usize, lists: &[Vec<(String, Loc, Kind)>], pos: &[usize]) {
+    fn replay(&mut self, i: usize, lists: &[List<'_>], pos: &[usize]) {
         let mut at = (self.size + i) / 2;
         while at >= 1 {
             self.nodes[at] = self.play(self.nodes[2 * at], self.nodes[2 * at + 1], lists, pos);

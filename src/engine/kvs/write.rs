@@ -46,7 +46,7 @@ impl Core {
                     Some(n) => n.store(loc),
                     None => {
                         w.index_bytes += index::entry_bytes(key.as_ref());
-                        self.index.insert(key.into(), loc);
+                        self.index.insert(key.as_ref(), loc);
                     }
                 }
                 w.live_bytes += len;

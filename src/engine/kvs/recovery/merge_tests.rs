@@ -21,9 +21,11 @@ fn seg(id: SegmentId, cleared: bool, recs: &[Rec]) -> Scanned {
         })
         .collect();
     records.sort_by(|a, b| a.0.cmp(&b.0));
+    let list = keyed(records);
     Scanned {
         id,
-        records,
+        records: list.records,
+        keys: list.keys,
         cleared,
         end: ScanEnd::Clean { len: 0 },
         version: 2,
@@ -36,12 +38,22 @@ fn seg(id: SegmentId, cleared: bool, recs: &[Rec]) -> Scanned {
 /// Runs the merge; returns (key, segment, offset) in emit order.
 fn run(segs: Vec<Scanned>) -> Vec<(String, SegmentId, u64)> {
     let mut out = Vec::new();
-    merge(segs, |k, loc| out.push((k, loc.seg, loc.offset)));
+    merge(&segs, |k, loc| {
+        out.push((k.to_owned(), loc.seg, loc.offset))
+    });
     out
 }
 
 fn expect(v: &[(&str, SegmentId, u64)]) -> Vec<(String, SegmentId, u64)> {
     v.iter().map(|&(k, s, o)| (k.to_string(), s, o)).collect()
+}
+
+fn keyed(records: Vec<(String, Loc, Kind)>) -> hint::Keyed {
+    hint::Keyed::from_latest(hint::Latest {
+        records,
+        cleared: false,
+        open: false,
+    })
 }
 
 const P: Kind = Kind::Put;
@@ -193,9 +205,11 @@ fn random_lists_merge_like_a_map_of_the_newest_record_per_key() {
                 model.insert(key.clone(), (kind, id));
                 records.push((key, loc, kind));
             }
+            let list = keyed(records);
             scanned.push(Scanned {
                 id,
-                records,
+                records: list.records,
+                keys: list.keys,
                 cleared: false,
                 end: ScanEnd::Clean { len: 0 },
                 version: 2,
