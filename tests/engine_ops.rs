@@ -251,3 +251,31 @@ fn get_with_and_set_from_agree_with_get_and_set() {
         "a set_from survives a reopen"
     );
 }
+
+/// `prefetch` is only a hint: on keys present, missing, expired or moved by
+/// a compaction it changes nothing a read or the counters show.
+#[test]
+fn prefetch_changes_nothing_a_read_sees() {
+    let dir = TempDir::new().unwrap();
+    let store = KvStore::open_with(dir.path(), opts()).unwrap();
+    for i in 0..200 {
+        store.set(format!("k{i:03}"), "v".repeat(i)).unwrap();
+    }
+    store.set_from("old", "x", 1).unwrap();
+    let before = store.stats();
+    for key in ["k000", "k199", "missing", "old", ""] {
+        store.prefetch(key);
+    }
+    assert_eq!(store.stats().keys, before.keys);
+    assert_eq!(store.stats().live_bytes, before.live_bytes);
+    store.compact().unwrap();
+    store.prefetch("k150");
+    for i in 0..200 {
+        assert_eq!(
+            store.get(format!("k{i:03}")).unwrap(),
+            Some("v".repeat(i)),
+            "k{i:03}"
+        );
+    }
+    assert_eq!(store.get("old".to_owned()).unwrap(), None);
+}

@@ -108,6 +108,14 @@ pub trait KvsEngine: Clone + Send + 'static {
             .is_some())
     }
 
+    /// A hint that `key` is about to be read: an engine may start bringing
+    /// its entry into the CPU cache, so that the reads of a batch wait for
+    /// memory together rather than one after another. The default does
+    /// nothing.
+    fn prefetch(&self, key: &str) {
+        let _ = key;
+    }
+
     /// [`set_expiring`](Self::set_expiring) from borrowed strings, for a
     /// caller that holds them in a buffer (the server, in a request it
     /// decoded): engines that override it copy the bytes where they keep

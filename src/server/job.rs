@@ -24,6 +24,13 @@ pub(crate) trait Job: Send + 'static {
         Scope::Keys
     }
 
+    /// Called on the pool for every request of a job before any of them
+    /// runs: a read may ask the engine to prefetch its key, so that the
+    /// job's reads overlap their memory latency.
+    fn prefetch<E: KvsEngine>(&self, engine: &E) {
+        let _ = engine;
+    }
+
     /// Runs the request on a pool thread. `bytes` belongs to the job's
     /// [`Outputs`]: an output may be encoded into it on the pool (a value
     /// copied there once, straight from the engine) and name its place.

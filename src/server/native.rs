@@ -243,6 +243,12 @@ impl Job for NativeJob {
         }
     }
 
+    fn prefetch<E: KvsEngine>(&self, engine: &E) {
+        if let Request::Get { key } = &self.request {
+            engine.prefetch(self.text(*key));
+        }
+    }
+
     fn run<E: KvsEngine>(self, engine: &E, ctx: &JobContext, bytes: &mut Vec<u8>) -> NativeOutput {
         let result = match &self.request {
             Request::Get { key } => get(engine, self.text(*key), ctx, bytes),

@@ -302,6 +302,9 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
         let mut outputs = self.spare_outputs.pop().unwrap_or_default();
         let ctx = Arc::clone(&self.ctx);
         let run = move || {
+            if jobs.len() > 1 {
+                jobs.iter().for_each(|job| job.prefetch(&engine));
+            }
             let Outputs { list, bytes } = &mut outputs;
             list.extend(
                 jobs.drain(..)

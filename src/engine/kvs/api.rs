@@ -95,6 +95,11 @@ impl KvsEngine for KvStore {
         self.reader.borrow_mut().get(self.core(), key)
     }
 
+    /// Looks the key up and prefetches the start of its record.
+    fn prefetch(&self, key: &str) {
+        self.reader.borrow_mut().prefetch(self.core(), key);
+    }
+
     fn get_with(&self, key: &str, f: &mut dyn FnMut(&[u8])) -> Result<bool> {
         self.reader.borrow_mut().get_with(self.core(), key, f)
     }

@@ -62,6 +62,30 @@ impl Reader {
         }
     }
 
+    /// Asks the CPU to load the first lines of `key`'s record (see
+    /// [`KvsEngine::prefetch`](crate::KvsEngine::prefetch)); does nothing
+    /// for a missing key or one whose segment cannot be mapped.
+    pub fn prefetch(&mut self, core: &Core, key: &str) {
+        /// Lines of a record fetched ahead: the header and a short value.
+        const LINES: usize = 3;
+        self.refresh(core);
+        let Some(loc) = core.index.get(key) else {
+            return;
+        };
+        let (start, len) = (loc.offset as usize, loc.len as usize);
+        let Ok(map) = self.map(core, loc.seg, start + len) else {
+            return;
+        };
+        if start + len > map.len() {
+            return;
+        }
+        for line in 0..len.div_ceil(64).min(LINES) {
+            // `wrapping_add` (no dereference): the address is inside the
+            // mapping, checked above.
+            prefetch_read(map.as_ptr().wrapping_add(start + 64 * line));
+        }
+    }
+
     /// Reads the current live entry of `key`.
     pub fn get(&mut self, core: &Core, key: &str) -> Result<Option<Entry>> {
         self.find(core, key, |core, reader, loc| reader.read(core, key, loc))
@@ -152,4 +176,17 @@ impl Reader {
         let h = segment::check_record(rec, Some(key)).map_err(corrupt)?;
         f(&rec[RECORD_HEADER_LEN + h.key_len..], h.expires_at).map_err(corrupt)
     }
+}
+
+/// A hint to load the cache line at `p`; never faults, whatever `p` is.
+#[inline]
+fn prefetch_read(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing the program sees and cannot fault,
+    // even on an unmapped address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
