@@ -265,3 +265,36 @@ async fn an_oversized_key_is_a_client_error() {
     );
     server.stop().await;
 }
+
+/// A value that grew (APPEND) past what one reply may carry is refused by
+/// GET with Redis-style error text, on the path that copies values
+/// straight from the engine into the reply buffer.
+#[tokio::test]
+async fn a_get_over_the_reply_limit_is_refused() {
+    let max = 1024;
+    let server = TestServer::start(MemoryEngine::new(), config(|c| c.max_frame_len = max)).await;
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    let chunk = vec![b'a'; 1000];
+    for i in 1..=2 {
+        s.write_all(&multibulk(&[b"APPEND", b"big", &chunk]))
+            .await
+            .unwrap();
+        assert_eq!(
+            read_reply(&mut s).await,
+            format!(":{}\r\n", 1000 * i).as_bytes()
+        );
+    }
+    s.write_all(&multibulk(&[b"GET", b"big"])).await.unwrap();
+    assert_eq!(
+        read_reply(&mut s).await,
+        format!("-ERR reply exceeds the maximum of {} bytes\r\n", max + 64).as_bytes()
+    );
+    // The connection goes on, and a value that fits still comes back.
+    s.write_all(&multibulk(&[b"SET", b"small", b"v"]))
+        .await
+        .unwrap();
+    assert_eq!(read_reply(&mut s).await, b"+OK\r\n");
+    s.write_all(&multibulk(&[b"GET", b"small"])).await.unwrap();
+    assert_eq!(read_reply(&mut s).await, b"$1\r\nv\r\n");
+    server.stop().await;
+}

@@ -260,6 +260,15 @@ impl EngineCommand {
         }
     }
 
+    /// The key of a plain `GET`, which the server may answer straight
+    /// from the engine's bytes ([`KvsEngine::get_with`]).
+    pub fn plain_get(&self) -> Option<&str> {
+        match &self.0 {
+            Op::Strings(strings::Op::Get(key)) => Some(key),
+            _ => None,
+        }
+    }
+
     /// Whether the command touches listed keys or the whole keyspace.
     pub fn scope(&self) -> Scope {
         match &self.0 {

@@ -10,7 +10,7 @@ use super::connection::{Decoded, Protocol};
 use super::job::{Job, JobContext};
 use crate::KvsEngine;
 use crate::command::{self, EngineCommand, Scope, ServerContext, Session, Step};
-use crate::protocol::resp::{Limits, Reply, RespDecoder};
+use crate::protocol::resp::{Limits, Reply, RespDecoder, bulk_len, put_bulk};
 
 /// Requests in flight for a connection that has not authenticated.
 const UNAUTHENTICATED_IN_FLIGHT: usize = 4;
@@ -51,11 +51,11 @@ impl Protocol for Resp {
         match decoded {
             Ok(None) => Decoded::Incomplete,
             Ok(Some(step)) => match step {
-                Step::Reply(reply) => Decoded::Answer(reply),
+                Step::Reply(reply) => Decoded::Answer(reply.into()),
                 // Drained like an error: input pipelined after QUIT is read
                 // and dropped, so the close does not reset away the +OK.
                 Step::Close(reply) => Decoded::Last {
-                    output: reply,
+                    output: reply.into(),
                     why: "client quit",
                     drain: true,
                 },
@@ -65,7 +65,7 @@ impl Protocol for Resp {
                 ctx.stats.counter(ctx.connection).protocol_error();
                 tracing::debug!(connection = ctx.connection, "RESP protocol error: {e:?}");
                 Decoded::Last {
-                    output: e.reply(),
+                    output: e.reply().into(),
                     why: "RESP protocol error",
                     drain: true,
                 }
@@ -73,15 +73,19 @@ impl Protocol for Resp {
         }
     }
 
-    fn encode(&mut self, output: &Reply, _: &[u8], wbuf: &mut BytesMut, _: &JobContext) {
-        output.encode(wbuf);
+    fn encode(&mut self, output: &RespOutput, bytes: &[u8], wbuf: &mut BytesMut, _: &JobContext) {
+        match output {
+            RespOutput::Reply(reply) => reply.encode(wbuf),
+            RespOutput::Encoded { start, end } => wbuf.extend_from_slice(&bytes[*start..*end]),
+        }
     }
 
-    fn limit_error(&self, e: &crate::KvsError) -> Reply {
+    fn limit_error(&self, e: &crate::KvsError) -> RespOutput {
         match e {
             crate::KvsError::Limit(message) => Reply::error(format!("ERR {message}")),
             other => Reply::error(format!("ERR {other}")),
         }
+        .into()
     }
 
     fn max_in_flight(&self, cfg: &ServerConfig) -> usize {
@@ -93,11 +97,29 @@ impl Protocol for Resp {
     }
 }
 
+/// What a RESP command answers: a reply, or one its job already encoded
+/// into the job's bytes (a `GET` hit, its value copied once, straight from
+/// the engine).
+pub(crate) enum RespOutput {
+    Reply(Reply),
+    /// `bytes[start..end]` of the job's [`Outputs`](super::job::Outputs).
+    Encoded {
+        start: usize,
+        end: usize,
+    },
+}
+
+impl From<Reply> for RespOutput {
+    fn from(reply: Reply) -> RespOutput {
+        RespOutput::Reply(reply)
+    }
+}
+
 /// A RESP command that needs the engine.
 pub(crate) struct RespJob(EngineCommand);
 
 impl Job for RespJob {
-    type Output = Reply;
+    type Output = RespOutput;
 
     fn for_each_key(&self, f: &mut dyn FnMut(&[u8], bool)) {
         self.0.for_each_key(|key, writes| f(key.as_bytes(), writes));
@@ -107,30 +129,79 @@ impl Job for RespJob {
         self.0.scope()
     }
 
-    fn run<E: KvsEngine>(self, engine: &E, ctx: &JobContext, _: &mut Vec<u8>) -> Reply {
+    fn prefetch<E: KvsEngine>(&self, engine: &E) {
+        if let Some(key) = self.0.plain_get() {
+            engine.prefetch(key);
+        }
+    }
+
+    fn run<E: KvsEngine>(self, engine: &E, ctx: &JobContext, bytes: &mut Vec<u8>) -> RespOutput {
         // A value as large as the biggest bulk accepted must be readable
         // back: room for the bulk header on top.
         let budget = ctx.config.max_frame_len + 64;
+        if let Some(key) = self.0.plain_get() {
+            return get(engine, key, ctx, budget, bytes);
+        }
         let done = self.0.execute(engine, &ctx.commands, budget);
         ctx.stats
             .counter(ctx.connection)
             .lookups(done.hits, done.misses);
-        done.reply
+        done.reply.into()
     }
 
-    fn output_len(output: &Reply) -> usize {
-        output.encoded_len()
+    fn output_len(output: &RespOutput) -> usize {
+        match output {
+            RespOutput::Reply(reply) => reply.encoded_len(),
+            RespOutput::Encoded { start, end } => end - start,
+        }
     }
 
-    fn refused(len: usize) -> Reply {
+    fn refused(len: usize) -> RespOutput {
         Reply::error(format!(
             "ERR server busy: no room for a {len} byte reply now; retry later"
         ))
+        .into()
     }
 
-    fn failed(n: usize) -> Vec<Reply> {
-        std::iter::repeat_with(|| Reply::error("ERR internal error; see the server log"))
+    fn failed(n: usize) -> Vec<RespOutput> {
+        std::iter::repeat_with(|| Reply::error("ERR internal error; see the server log").into())
             .take(n)
             .collect()
+    }
+}
+
+/// A plain `GET`: on a hit the bulk reply goes into `bytes`, the value
+/// copied once, straight from the engine; the same replies as
+/// `EngineCommand::execute` otherwise.
+fn get<E: KvsEngine>(
+    engine: &E,
+    key: &str,
+    ctx: &JobContext,
+    budget: usize,
+    bytes: &mut Vec<u8>,
+) -> RespOutput {
+    let start = bytes.len();
+    let mut fits = true;
+    let found = engine.get_with(key, &mut |value| {
+        fits = bulk_len(value.len()) <= budget;
+        if fits {
+            put_bulk(bytes, value);
+        }
+    });
+    match found {
+        Ok(hit) => {
+            ctx.stats
+                .counter(ctx.connection)
+                .lookups(u64::from(hit), u64::from(!hit));
+            match (hit, fits) {
+                (false, _) => Reply::nil().into(),
+                (true, true) => RespOutput::Encoded {
+                    start,
+                    end: bytes.len(),
+                },
+                (true, false) => command::over_budget(budget).into(),
+            }
+        }
+        Err(e) => command::engine_error(&e).into(),
     }
 }

@@ -31,7 +31,7 @@ mod reply;
 
 pub(crate) use decode::parse_i64;
 pub use decode::{ProtocolError, RespDecoder};
-pub use reply::{Reply, array_header_len, bulk_len};
+pub use reply::{Reply, array_header_len, bulk_len, put_bulk};
 
 /// Largest inline command line and largest count/length header line, as
 /// Redis's `PROTO_INLINE_MAX_SIZE`.

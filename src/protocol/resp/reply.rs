@@ -73,13 +73,7 @@ impl Reply {
                 dst.put_slice(b"\r\n");
             }
             Reply::Bulk(None) => dst.put_slice(b"$-1\r\n"),
-            Reply::Bulk(Some(data)) => {
-                dst.put_u8(b'$');
-                put_int(dst, data.len() as i64);
-                dst.put_slice(b"\r\n");
-                dst.put_slice(data);
-                dst.put_slice(b"\r\n");
-            }
+            Reply::Bulk(Some(data)) => put_bulk(dst, data),
             Reply::Array(None) => dst.put_slice(b"*-1\r\n"),
             Reply::Array(Some(items)) => {
                 dst.put_u8(b'*');
@@ -132,7 +126,16 @@ fn put_line(dst: &mut BytesMut, tag: u8, text: &[u8]) {
     dst.put_slice(b"\r\n");
 }
 
-fn put_int(dst: &mut BytesMut, n: i64) {
+/// Appends the bulk string `$len\r\n<data>\r\n`, [`bulk_len`] bytes.
+pub fn put_bulk(dst: &mut impl BufMut, data: &[u8]) {
+    dst.put_u8(b'$');
+    put_int(dst, data.len() as i64);
+    dst.put_slice(b"\r\n");
+    dst.put_slice(data);
+    dst.put_slice(b"\r\n");
+}
+
+fn put_int(dst: &mut impl BufMut, n: i64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     let mut m = n.unsigned_abs();
