@@ -155,7 +155,6 @@ impl KvStore {
             disk_bytes: rec.disk_bytes,
             live_bytes: rec.live_bytes,
             index_bytes: rec.index_bytes,
-            buf: Vec::new(),
             crc: crc32fast::Hasher::new_with_initial(rec.crc),
             sealed: rec.sealed,
             read_only: rec.read_only,

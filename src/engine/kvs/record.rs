@@ -99,16 +99,34 @@ pub fn decode_seal(value: &[u8]) -> (u64, u32) {
 /// Appends one encoded record to `buf` and returns its length.
 pub fn encode(buf: &mut Vec<u8>, kind: Kind, key: &[u8], value: &[u8], expires_at: u64) -> usize {
     let start = buf.len();
-    buf.extend_from_slice(&[0u8; 4]);
-    buf.push(kind as u8);
-    buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&expires_at.to_le_bytes());
+    buf.extend_from_slice(&header_without_crc(
+        kind,
+        key.len(),
+        value.len(),
+        expires_at,
+    ));
     buf.extend_from_slice(key);
     buf.extend_from_slice(value);
     let crc = crc32fast::hash(&buf[start + 4..]);
     buf[start..start + 4].copy_from_slice(&crc.to_le_bytes());
     buf.len() - start
+}
+
+/// The fixed header of a record with its crc field zero: the crc, of
+/// every byte of the record after it, goes into the first 4 bytes once
+/// the key and value follow.
+pub fn header_without_crc(
+    kind: Kind,
+    key_len: usize,
+    value_len: usize,
+    expires_at: u64,
+) -> [u8; RECORD_HEADER_LEN] {
+    let mut h = [0u8; RECORD_HEADER_LEN];
+    h[4] = kind as u8;
+    h[5..9].copy_from_slice(&(key_len as u32).to_le_bytes());
+    h[9..13].copy_from_slice(&(value_len as u32).to_le_bytes());
+    h[13..21].copy_from_slice(&expires_at.to_le_bytes());
+    h
 }
 
 /// The fixed header of a record, decoded but not yet checked against its body.

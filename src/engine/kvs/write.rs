@@ -73,13 +73,11 @@ impl Core {
         value: &[u8],
         expires_at: u64,
     ) -> Result<u64> {
-        let mut buf = std::mem::take(&mut w.buf);
-        buf.clear();
-        let len = record::encode(&mut buf, kind, key, value, expires_at) as u64;
-        w.buf = buf;
+        let header = record::header_without_crc(kind, key.len(), value.len(), expires_at);
+        let len = (header.len() + key.len() + value.len()) as u64;
         let seg_before = w.active;
         self.commit.check()?;
-        w.append_buf(&self.dir, &self.commit)?;
+        w.append(&header, key, value, &self.dir, &self.commit)?;
         if w.active != seg_before {
             // The rotation synced everything before this record.
             self.commit.mark_durable(w.lsn - len);

@@ -2,12 +2,13 @@
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use memmap2::{MmapOptions, MmapRaw};
 
 use super::manifest::Manifest;
-use super::record::{self, SEAL_RECORD_LEN, SEGMENT_HEADER_LEN};
+use super::record::{self, RECORD_HEADER_LEN, SEAL_RECORD_LEN, SEGMENT_HEADER_LEN};
 use super::segment::{self, SegmentId};
 use crate::Result;
 
@@ -21,7 +22,7 @@ pub fn map_active(file: &File, pos: u64, p: &Path) -> Result<Option<MmapRaw>> {
     // A raw map: no `&[u8]`/`&mut [u8]` over the whole mapping ever
     // exists, so the writer's stores and the readers' loads of other
     // bytes of the same file never alias a reference. The unsafe is at
-    // each access (`append_buf`, `Reader::read`).
+    // each access (`append`, `Reader::read`).
     let map = MmapOptions::new()
         .map_raw(file)
         .map_err(segment::io_at("map", p))?;
@@ -45,8 +46,6 @@ pub struct Writer {
     pub live_bytes: u64,
     /// Estimated memory of the index entries.
     pub index_bytes: u64,
-    /// Encode buffer, reused.
-    pub buf: Vec<u8>,
     /// The active segment, mapped shared: a copy into it is in the OS page
     /// cache at once (a killed process loses nothing), without a syscall.
     /// `None` once sealed or trimmed, or when there was no room to reserve.
@@ -54,6 +53,9 @@ pub struct Writer {
     /// Size new segments would like to have.
     pub segment_size: u64,
     /// CRC-32 of the active segment's bytes up to `pos`, for its seal.
+    /// Updated with each record as it is written (not read back from the
+    /// file later), so a seal or a close-time hint that matches the file
+    /// proves the file holds what the writer wrote.
     pub crc: crc32fast::Hasher,
     /// The active segment carries its seal: nothing more goes into it.
     pub sealed: bool,
@@ -69,12 +71,22 @@ impl Writer {
         self.map.as_ref().map_or(0, |m| m.len() as u64)
     }
 
-    /// Appends the encoded record in `self.buf`, rotating to a new segment
-    /// when it does not fit with room left for the seal; returns its
-    /// offset.
-    pub fn append_buf(&mut self, dir: &Path, commit: &GroupCommit) -> Result<u64> {
+    /// Appends one record, `header` (from [`record::header_without_crc`])
+    /// then `key` then `value`, rotating to a new segment when it does not
+    /// fit with room left for the seal; returns its offset. The parts are
+    /// copied straight into the map, with no encode buffer between, and the
+    /// record's crc is computed over the copy (one pass over contiguous
+    /// bytes, which is cheaper than three over the parts).
+    pub fn append(
+        &mut self,
+        header: &[u8; RECORD_HEADER_LEN],
+        key: &[u8],
+        value: &[u8],
+        dir: &Path,
+        commit: &GroupCommit,
+    ) -> Result<u64> {
         self.check_writable()?;
-        let len = self.buf.len() as u64;
+        let len = (RECORD_HEADER_LEN + key.len() + value.len()) as u64;
         if self.sealed || self.pos + len + SEAL_RECORD_LEN > self.room_end() {
             let next = segment::next_id(self.active)?;
             self.rotate(dir, next, len, commit)?;
@@ -88,21 +100,46 @@ impl Writer {
         };
         // SAFETY: `offset + len <= map.len()` (checked above, and a rotation
         // makes a segment big enough for the record and its seal), so the
-        // destination is inside the mapping, which lives as long as `map`.
-        // Only the holder of the writer lock stores into it, and only past
-        // every published record, which readers may be loading concurrently
-        // through their own read-only maps (raw pointers on both sides, no
-        // references). `buf` is a separate allocation. Assumed outside the
-        // process: no one else truncates or writes the segment files (see
-        // `KvStore::open`); a truncation under the map would be a SIGBUS.
+        // three destinations, back to back from `offset`, are inside the
+        // mapping, which lives as long as `map`. Only the holder of the
+        // writer lock stores into it, and only past every published record,
+        // which readers may be loading concurrently through their own
+        // read-only maps (raw pointers on both sides, no references). The
+        // sources are the caller's separate allocations. Assumed outside
+        // the process: no one else truncates or writes the segment files
+        // (see `KvStore::open`); a truncation under the map would be a
+        // SIGBUS.
+        unsafe {
+            let dst = map.as_mut_ptr().add(offset as usize);
+            std::ptr::copy_nonoverlapping(header.as_ptr(), dst, RECORD_HEADER_LEN);
+            let dst = dst.add(RECORD_HEADER_LEN);
+            std::ptr::copy_nonoverlapping(key.as_ptr(), dst, key.len());
+            let dst = dst.add(key.len());
+            std::ptr::copy_nonoverlapping(value.as_ptr(), dst, value.len());
+        }
+        // SAFETY: the record's bytes after its crc field, inside the
+        // mapping as above, were just stored by this thread, and nothing
+        // stores into them while this slice lives: the record is not
+        // published yet (the index does not point at it), so no reader looks
+        // at it, and only we write. The crc field itself is written through
+        // the raw pointer after the slice is gone.
+        let crc = unsafe {
+            let body = map.as_ptr().add(offset as usize + 4);
+            crc32fast::hash(std::slice::from_raw_parts(body, len as usize - 4))
+        };
+        // SAFETY: the first 4 bytes of the record, inside the mapping.
         unsafe {
             std::ptr::copy_nonoverlapping(
-                self.buf.as_ptr(),
+                crc.to_le_bytes().as_ptr(),
                 map.as_mut_ptr().add(offset as usize),
-                len as usize,
+                4,
             );
         }
-        self.crc.update(&self.buf);
+        // SAFETY: the whole record, inside the mapping, complete now and
+        // still unpublished (as above): no store into it while this lives.
+        self.crc.update(unsafe {
+            std::slice::from_raw_parts(map.as_ptr().add(offset as usize), len as usize)
+        });
         self.pos += len;
         self.lsn += len;
         self.disk_bytes += len;
@@ -233,6 +270,9 @@ fn failed_error(why: &str) -> crate::KvsError {
 pub struct GroupCommit {
     state: Mutex<SyncState>,
     done: Condvar,
+    /// `state.failed` is set: lets [`GroupCommit::check`], called on every
+    /// write, skip the mutex while all is well.
+    failed: AtomicBool,
 }
 
 #[derive(Default)]
@@ -289,7 +329,10 @@ impl GroupCommit {
                 s.syncing = false;
                 match &r {
                     Ok(()) => s.synced_lsn = s.synced_lsn.max(target),
-                    Err(e) => s.failed = Some(e.to_string()),
+                    Err(e) => {
+                        s.failed = Some(e.to_string());
+                        self.failed.store(true, Ordering::Release);
+                    }
                 }
                 self.done.notify_all();
                 r?;
@@ -302,10 +345,14 @@ impl GroupCommit {
     /// Records a failed fsync outside `wait_durable` (sealing a segment).
     pub fn poison(&self, e: &std::io::Error) {
         self.lock().failed.get_or_insert_with(|| e.to_string());
+        self.failed.store(true, Ordering::Release);
     }
 
     /// The error every write gets once an fsync has failed.
     pub fn check(&self) -> Result<()> {
+        if !self.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
         match &self.lock().failed {
             Some(why) => Err(failed_error(why)),
             None => Ok(()),
