@@ -102,6 +102,7 @@ fn check(eviction: EvictionPolicy, gone: Gone) {
     });
     let base = held();
     let value = "v".repeat(VALUE);
+    let writing = Instant::now();
     for i in 0..KEYS {
         let key = format!("key{i:06}");
         match gone {
@@ -110,10 +111,19 @@ fn check(eviction: EvictionPolicy, gone: Gone) {
         }
     }
     let filled = held() - base;
-    assert!(
-        filled >= KEYS * VALUE,
-        "{eviction} {gone:?}: {filled} B held"
-    );
+    if matches!(gone, Gone::Expired) && writing.elapsed() >= TTL {
+        // Keys may have expired (and been reclaimed) before the last was
+        // written: what is held says nothing then. The rest still runs.
+        eprintln!(
+            "SKIPPED the {eviction} {gone:?} fill check: writing took {:?}, not under the {TTL:?} TTL",
+            writing.elapsed()
+        );
+    } else {
+        assert!(
+            filled >= KEYS * VALUE,
+            "{eviction} {gone:?}: {filled} B held"
+        );
+    }
     match gone {
         Gone::Expired => {
             let start = Instant::now();

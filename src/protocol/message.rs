@@ -10,8 +10,8 @@ use crate::{KvsError, Result};
 /// A client request.
 ///
 /// Generic over the string type so that a client encodes borrowed `&str`
-/// keys and values without copying them, while the server decodes owned
-/// `String`s it can hand to the engine. Both encode identically.
+/// keys and values without copying them, and the server decodes them
+/// borrowed from the request frame. Both encode identically.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request<S = String> {
     /// Liveness check; answered with [`Response::Pong`] without touching

@@ -68,22 +68,29 @@ impl ReplyBudget {
     }
 
     /// Charges `output` to the budget when it is large; a large output
-    /// the budget cannot hold is replaced by [`Job::refused`].
-    pub(crate) fn charge<J: Job>(self: &Arc<Self>, output: J::Output) -> Charged<J::Output> {
+    /// the budget cannot hold is replaced by [`Job::refused`] (`true`).
+    pub(crate) fn charge<J: Job>(
+        self: &Arc<Self>,
+        output: J::Output,
+    ) -> (Charged<J::Output>, bool) {
         let bytes = J::output_len(&output);
         if bytes <= FREE_REPLY_BYTES {
-            return Charged {
-                output,
-                charge: None,
-            };
+            return (
+                Charged {
+                    output,
+                    charge: None,
+                },
+                false,
+            );
         }
         let mut used = self.used.load(Ordering::Relaxed);
         loop {
             if used + bytes > self.max {
-                return Charged {
+                let refused = Charged {
                     output: J::refused(bytes),
                     charge: None,
                 };
+                return (refused, true);
             }
             match self.used.compare_exchange_weak(
                 used,
@@ -95,13 +102,16 @@ impl ReplyBudget {
                 Err(now) => used = now,
             }
         }
-        Charged {
-            output,
-            charge: Some(Charge {
-                budget: Arc::clone(self),
-                bytes,
-            }),
-        }
+        (
+            Charged {
+                output,
+                charge: Some(Charge {
+                    budget: Arc::clone(self),
+                    bytes,
+                }),
+            },
+            false,
+        )
     }
 }
 
@@ -118,6 +128,18 @@ impl<O> Default for Outputs<O> {
             list: Vec::new(),
             bytes: Vec::new(),
         }
+    }
+}
+
+/// Makes room in a job's bytes for a reply of `len` bytes: exactly that
+/// much for a large one, whose charge to the [`ReplyBudget`] is its length
+/// (amortized growth could otherwise double what it holds), amortized for
+/// the small ones that go free.
+pub(crate) fn reserve_reply(bytes: &mut Vec<u8>, len: usize) {
+    if len > FREE_REPLY_BYTES {
+        bytes.reserve_exact(len);
+    } else {
+        bytes.reserve(len);
     }
 }
 

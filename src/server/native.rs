@@ -10,7 +10,7 @@ use tracing::{error, warn};
 
 use super::ServerConfig;
 use super::connection::{Decoded, Protocol};
-use super::job::{Job, JobContext};
+use super::job::{Job, JobContext, reserve_reply};
 use crate::engine::{NO_EXPIRY, deadline_after};
 use crate::protocol::{
     ErrorKind, FrameCodec, PROTOCOL_VERSION, Request, Response, decode_borrowed, encode_frame,
@@ -194,8 +194,10 @@ impl NativeJob {
         let request = decode_borrowed::<Request<&str>>(&frame)?;
         let span = |s: &str| {
             // Postcard hands out strings borrowed from the input slice.
-            let start = s.as_ptr() as usize - frame.as_ptr() as usize;
-            debug_assert!(start + s.len() <= frame.len());
+            let start = (s.as_ptr() as usize)
+                .checked_sub(frame.as_ptr() as usize)
+                .filter(|start| start + s.len() <= frame.len())
+                .expect("postcard lends strings from the frame it decodes");
             Span {
                 start,
                 end: start + s.len(),
@@ -223,9 +225,10 @@ impl NativeJob {
 
     /// The string at `span`.
     fn text(&self, span: Span) -> &str {
-        // SAFETY: spans are only made in `decode`, from strings postcard
-        // borrowed from this same frame after checking them for UTF-8,
-        // and `Bytes` never changes its contents.
+        // SAFETY: spans are private to this module and only made in
+        // `decode`, from strings postcard borrowed from this job's own
+        // frame after checking them for UTF-8; `Bytes` never changes its
+        // contents, and the slicing is bounds-checked.
         unsafe { std::str::from_utf8_unchecked(&self.frame[span.start..span.end]) }
     }
 }
@@ -334,7 +337,14 @@ fn get<E: KvsEngine>(
     let start = bytes.len();
     let max = ctx.config.max_frame_len;
     let mut fits = true;
-    let hit = engine.get_with(key, &mut |value| fits = value_frame(value, max, bytes))?;
+    // Only this call's frame may follow `start`, whatever the engine does
+    // (calls back twice, or fails after calling back).
+    let hit = engine
+        .get_with(key, &mut |value| {
+            bytes.truncate(start);
+            fits = value_frame(value, max, bytes);
+        })
+        .inspect_err(|_| bytes.truncate(start))?;
     ctx.stats
         .counter(ctx.connection)
         .lookups(u64::from(hit), u64::from(!hit));
@@ -377,7 +387,7 @@ fn value_frame(value: &[u8], max_frame_len: usize, out: &mut Vec<u8>) -> bool {
     if payload > max_frame_len {
         return false;
     }
-    out.reserve(4 + payload);
+    reserve_reply(out, 4 + payload);
     out.put_u32(len);
     out.put_u8(PROTOCOL_VERSION);
     out.extend_from_slice(&VALUE_PREFIX);

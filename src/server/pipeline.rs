@@ -81,8 +81,9 @@ type Entry<E, J> = Pending<Reuse<E, J>, Outputs<<J as Job>::Output>>;
 type Finished<E, J> = (Option<Reuse<E, J>>, Outputs<<J as Job>::Output>);
 
 /// Encoded bytes an emptied [`Outputs`] keeps for the next job; a larger
-/// buffer (a large value went through it) is let go.
-const KEEP_BYTES: usize = 64 * 1024;
+/// buffer (a large value went through it) is let go. Small, because a
+/// connection keeps up to [`SPARES`] of them while it is open.
+const KEEP_BYTES: usize = 8 * 1024;
 
 /// Spare vectors kept per kind; more than a window's worth are never in
 /// use at once.
@@ -306,10 +307,18 @@ impl<E: KvsEngine, J: Job> Pipeline<E, J> {
                 jobs.iter().for_each(|job| job.prefetch(&engine));
             }
             let Outputs { list, bytes } = &mut outputs;
-            list.extend(
-                jobs.drain(..)
-                    .map(|job| ctx.replies.charge::<J>(job.run(&engine, &ctx, bytes))),
-            );
+            for job in jobs.drain(..) {
+                let mark = bytes.len();
+                let (charged, refused) = ctx.replies.charge::<J>(job.run(&engine, &ctx, bytes));
+                if refused {
+                    // The refused reply may already be encoded in `bytes`:
+                    // let it go now, not when the connection takes these
+                    // outputs (it may not read for a long time).
+                    bytes.truncate(mark);
+                    bytes.shrink_to(mark.max(KEEP_BYTES));
+                }
+                list.push(charged);
+            }
             (Reuse { engine, jobs }, outputs)
         };
         let job = if alone || whole_keyspace {
@@ -557,6 +566,55 @@ mod tests {
             }
         }
         out
+    }
+
+    /// A job whose output is the bytes it wrote into its job's bytes.
+    struct Writes(usize);
+
+    impl Job for Writes {
+        type Output = usize;
+
+        fn for_each_key(&self, _: &mut dyn FnMut(&[u8], bool)) {}
+
+        fn run<E: KvsEngine>(self, _: &E, _: &JobContext, bytes: &mut Vec<u8>) -> usize {
+            bytes.resize(bytes.len() + self.0, 7);
+            self.0
+        }
+
+        fn failed(n: usize) -> Vec<usize> {
+            vec![usize::MAX; n]
+        }
+
+        fn output_len(output: &usize) -> usize {
+            *output
+        }
+
+        fn refused(_: usize) -> usize {
+            0
+        }
+    }
+
+    /// A reply refused by the reply budget after it was encoded into the
+    /// job's bytes lets those bytes go at once: a client that does not
+    /// read must not make the server hold refused replies.
+    #[tokio::test]
+    async fn a_refused_reply_lets_its_bytes_go_at_once() {
+        // The budget (1 MiB, `context`) cannot hold a 4 MiB reply.
+        let mut p: Pipeline<MemoryEngine, Writes> =
+            Pipeline::new(MemoryEngine::new(), batcher(), context());
+        for len in [100, 4 << 20, 200] {
+            p.submit(Writes(len));
+        }
+        p.launch_batch();
+        let outputs = p.next_finished().await.unwrap();
+        let lens: Vec<usize> = outputs.list.iter().map(|c| c.output).collect();
+        assert_eq!(lens, [100, 0, 200], "refused in the middle, in order");
+        assert_eq!(outputs.bytes.len(), 300, "only the replies kept");
+        assert!(
+            outputs.bytes.capacity() < 64 << 10,
+            "{} bytes still held",
+            outputs.bytes.capacity()
+        );
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@ use bytes::BytesMut;
 
 use super::ServerConfig;
 use super::connection::{Decoded, Protocol};
-use super::job::{Job, JobContext};
+use super::job::{Job, JobContext, reserve_reply};
 use crate::KvsEngine;
 use crate::command::{self, EngineCommand, Scope, ServerContext, Session, Step};
 use crate::protocol::resp::{Limits, Reply, RespDecoder, bulk_len, put_bulk};
@@ -182,12 +182,20 @@ fn get<E: KvsEngine>(
 ) -> RespOutput {
     let start = bytes.len();
     let mut fits = true;
+    // Only this call's reply may follow `start`, whatever the engine does
+    // (calls back twice, or fails after calling back).
     let found = engine.get_with(key, &mut |value| {
-        fits = bulk_len(value.len()) <= budget;
+        bytes.truncate(start);
+        let len = bulk_len(value.len());
+        fits = len <= budget;
         if fits {
+            reserve_reply(bytes, len);
             put_bulk(bytes, value);
         }
     });
+    if found.is_err() {
+        bytes.truncate(start);
+    }
     match found {
         Ok(hit) => {
             ctx.stats

@@ -201,6 +201,7 @@ impl KvsEngine for GatedEngine {
     }
 
     fn get_entry(&self, key: &str) -> kvs::Result<Option<Entry>> {
+        self.enter_get(key)?;
         self.inner.get_entry(key)
     }
 

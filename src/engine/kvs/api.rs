@@ -72,7 +72,7 @@ impl KvsEngine for KvStore {
     }
 
     fn set(&self, key: String, value: String) -> Result<()> {
-        self.core().write(Kind::Put, key, &value, 0)
+        self.core().write(Kind::Put, &key, &value, 0)
     }
 
     fn get(&self, key: String) -> Result<Option<String>> {
@@ -84,11 +84,11 @@ impl KvsEngine for KvStore {
     }
 
     fn remove(&self, key: String) -> Result<()> {
-        self.core().write(Kind::Tombstone, key, "", 0)
+        self.core().write(Kind::Tombstone, &key, "", 0)
     }
 
     fn set_expiring(&self, key: String, value: String, expires_at: u64) -> Result<()> {
-        self.core().write(Kind::Put, key, &value, expires_at)
+        self.core().write(Kind::Put, &key, &value, expires_at)
     }
 
     fn get_entry(&self, key: &str) -> Result<Option<Entry>> {
@@ -129,10 +129,10 @@ impl KvsEngine for KvStore {
                 Update::Keep => None,
                 Update::Put(e) => {
                     check_sizes(&key, &e.value)?;
-                    Some(core.append_locked(&mut w, Kind::Put, key, &e.value, e.expires_at)?)
+                    Some(core.append_locked(&mut w, Kind::Put, &key, &e.value, e.expires_at)?)
                 }
                 Update::Remove if live => {
-                    Some(core.append_locked(&mut w, Kind::Tombstone, key, "", 0)?)
+                    Some(core.append_locked(&mut w, Kind::Tombstone, &key, "", 0)?)
                 }
                 Update::Remove => None,
             };

@@ -11,26 +11,17 @@ impl Core {
     /// Appends a put or tombstone of `key` and updates the index; the
     /// caller holds the writer lock (`w`) and checked the sizes. Returns
     /// the lsn to wait for.
-    ///
-    /// `key` is a `String` or a `&str`: a new key's index node takes it
-    /// over, or a copy of it.
-    pub(super) fn append_locked<K: AsRef<str> + Into<String>>(
+    pub(super) fn append_locked(
         &self,
         w: &mut Writer,
         kind: Kind,
-        key: K,
+        key: &str,
         value: &str,
         expires_at: u64,
     ) -> Result<u64> {
-        let node = self.index.node(key.as_ref());
+        let node = self.index.node(key);
         let old = node.as_ref().map(|n| n.load());
-        let len = self.append_record(
-            w,
-            kind,
-            key.as_ref().as_bytes(),
-            value.as_bytes(),
-            expires_at,
-        )?;
+        let len = self.append_record(w, kind, key.as_bytes(), value.as_bytes(), expires_at)?;
         if let Some(old) = old {
             w.live_bytes = w.live_bytes.saturating_sub(old.len as u64);
         }
@@ -45,17 +36,15 @@ impl Core {
                 match &node {
                     Some(n) => n.store(loc),
                     None => {
-                        w.index_bytes += index::entry_bytes(key.as_ref());
-                        self.index.insert(key.as_ref(), loc);
+                        w.index_bytes += index::entry_bytes(key);
+                        self.index.insert(key, loc);
                     }
                 }
                 w.live_bytes += len;
             }
             Kind::Tombstone | Kind::Clear | Kind::Seal => {
-                if self.index.remove(key.as_ref()) {
-                    w.index_bytes = w
-                        .index_bytes
-                        .saturating_sub(index::entry_bytes(key.as_ref()));
+                if self.index.remove(key) {
+                    w.index_bytes = w.index_bytes.saturating_sub(index::entry_bytes(key));
                 }
             }
         }
@@ -85,19 +74,11 @@ impl Core {
         Ok(len)
     }
 
-    pub(super) fn write<K: AsRef<str> + Into<String>>(
-        &self,
-        kind: Kind,
-        key: K,
-        value: &str,
-        expires_at: u64,
-    ) -> Result<()> {
-        check_sizes(key.as_ref(), value)?;
+    pub(super) fn write(&self, kind: Kind, key: &str, value: &str, expires_at: u64) -> Result<()> {
+        check_sizes(key, value)?;
         let lsn = {
             let mut w = self.lock_writer();
-            if kind == Kind::Tombstone
-                && self.index.get(key.as_ref()).is_none_or(|loc| loc.expired())
-            {
+            if kind == Kind::Tombstone && self.index.get(key).is_none_or(|loc| loc.expired()) {
                 return Err(KvsError::KeyNotFound);
             }
             self.append_locked(&mut w, kind, key, value, expires_at)?
