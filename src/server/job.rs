@@ -131,6 +131,69 @@ impl<O> Default for Outputs<O> {
     }
 }
 
+/// A reply its job encoded into the job's bytes: `bytes[start..end]` of
+/// its [`Outputs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Encoded {
+    start: usize,
+    end: usize,
+}
+
+impl Encoded {
+    /// Its length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Its bytes, in the [`Outputs::bytes`] of its job.
+    pub(crate) fn of<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
+        &bytes[self.start..self.end]
+    }
+}
+
+/// What a read answered straight from the engine's bytes found.
+pub(crate) enum Lookup {
+    Miss,
+    /// The reply, encoded.
+    Hit(Encoded),
+    /// A hit whose reply `encode` refused as too large (nothing written).
+    TooLarge,
+}
+
+/// Reads `key` through [`KvsEngine::get_with`] and, on a hit, encodes the
+/// reply into `bytes` with `encode` (the value copied once, straight from
+/// the engine; `encode` returns `false`, having written nothing, for a
+/// reply too large); counts the lookup. Only this reply may follow the
+/// bytes' current end, whatever the engine does (calls back twice, or
+/// fails after calling back).
+pub(crate) fn encode_hit<E: KvsEngine>(
+    engine: &E,
+    key: &str,
+    ctx: &JobContext,
+    bytes: &mut Vec<u8>,
+    mut encode: impl FnMut(&[u8], &mut Vec<u8>) -> bool,
+) -> crate::Result<Lookup> {
+    let start = bytes.len();
+    let mut fits = true;
+    let hit = engine
+        .get_with(key, &mut |value| {
+            bytes.truncate(start);
+            fits = encode(value, bytes);
+        })
+        .inspect_err(|_| bytes.truncate(start))?;
+    ctx.stats
+        .counter(ctx.connection)
+        .lookups(u64::from(hit), u64::from(!hit));
+    Ok(match (hit, fits) {
+        (false, _) => Lookup::Miss,
+        (true, true) => Lookup::Hit(Encoded {
+            start,
+            end: bytes.len(),
+        }),
+        (true, false) => Lookup::TooLarge,
+    })
+}
+
 /// Makes room in a job's bytes for a reply of `len` bytes: exactly that
 /// much for a large one, whose charge to the [`ReplyBudget`] is its length
 /// (amortized growth could otherwise double what it holds), amortized for

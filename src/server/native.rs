@@ -10,7 +10,7 @@ use tracing::{error, warn};
 
 use super::ServerConfig;
 use super::connection::{Decoded, Protocol};
-use super::job::{Job, JobContext, reserve_reply};
+use super::job::{Encoded, Job, JobContext, Lookup, encode_hit, reserve_reply};
 use crate::engine::{NO_EXPIRY, deadline_after};
 use crate::protocol::{
     ErrorKind, FrameCodec, PROTOCOL_VERSION, Request, Response, decode_borrowed, encode_frame,
@@ -122,8 +122,8 @@ impl Protocol for Native {
         ctx: &JobContext,
     ) {
         let output = match output {
-            NativeOutput::Encoded { start, end } => {
-                wbuf.extend_from_slice(&bytes[*start..*end]);
+            NativeOutput::Encoded(encoded) => {
+                wbuf.extend_from_slice(encoded.of(bytes));
                 return;
             }
             NativeOutput::Response(response) => response,
@@ -160,11 +160,7 @@ impl Protocol for Native {
 /// already encoded into the job's bytes.
 pub(crate) enum NativeOutput {
     Response(Response),
-    /// `bytes[start..end]` of the job's [`Outputs`](super::job::Outputs).
-    Encoded {
-        start: usize,
-        end: usize,
-    },
+    Encoded(Encoded),
 }
 
 impl From<Response> for NativeOutput {
@@ -282,7 +278,7 @@ impl Job for NativeJob {
 
     fn output_len(output: &NativeOutput) -> usize {
         match output {
-            NativeOutput::Encoded { start, end } => end - start,
+            NativeOutput::Encoded(encoded) => encoded.len(),
             NativeOutput::Response(Response::Value(Some(v))) => v.len() + 16,
             NativeOutput::Response(Response::Values(values)) => {
                 values
@@ -334,32 +330,20 @@ fn get<E: KvsEngine>(
     ctx: &JobContext,
     bytes: &mut Vec<u8>,
 ) -> crate::Result<NativeOutput> {
-    let start = bytes.len();
     let max = ctx.config.max_frame_len;
-    let mut fits = true;
-    // Only this call's frame may follow `start`, whatever the engine does
-    // (calls back twice, or fails after calling back).
-    let hit = engine
-        .get_with(key, &mut |value| {
-            bytes.truncate(start);
-            fits = value_frame(value, max, bytes);
-        })
-        .inspect_err(|_| bytes.truncate(start))?;
-    ctx.stats
-        .counter(ctx.connection)
-        .lookups(u64::from(hit), u64::from(!hit));
-    Ok(match (hit, fits) {
-        (false, _) => Response::Value(None).into(),
-        (true, true) => NativeOutput::Encoded {
-            start,
-            end: bytes.len(),
+    Ok(
+        match encode_hit(engine, key, ctx, bytes, |value, out| {
+            value_frame(value, max, out)
+        })? {
+            Lookup::Miss => Response::Value(None).into(),
+            Lookup::Hit(encoded) => NativeOutput::Encoded(encoded),
+            Lookup::TooLarge => error(
+                ErrorKind::Limit,
+                "response exceeds the maximum frame length",
+            )
+            .into(),
         },
-        (true, false) => error(
-            ErrorKind::Limit,
-            "response exceeds the maximum frame length",
-        )
-        .into(),
-    })
+    )
 }
 
 /// Appends the frame of `Response::Value(Some(value))` to `out`, as

@@ -7,7 +7,7 @@ use bytes::BytesMut;
 
 use super::ServerConfig;
 use super::connection::{Decoded, Protocol};
-use super::job::{Job, JobContext, reserve_reply};
+use super::job::{Encoded, Job, JobContext, Lookup, encode_hit, reserve_reply};
 use crate::KvsEngine;
 use crate::command::{self, EngineCommand, Scope, ServerContext, Session, Step};
 use crate::protocol::resp::{Limits, Reply, RespDecoder, bulk_len, put_bulk};
@@ -76,7 +76,7 @@ impl Protocol for Resp {
     fn encode(&mut self, output: &RespOutput, bytes: &[u8], wbuf: &mut BytesMut, _: &JobContext) {
         match output {
             RespOutput::Reply(reply) => reply.encode(wbuf),
-            RespOutput::Encoded { start, end } => wbuf.extend_from_slice(&bytes[*start..*end]),
+            RespOutput::Encoded(encoded) => wbuf.extend_from_slice(encoded.of(bytes)),
         }
     }
 
@@ -102,11 +102,7 @@ impl Protocol for Resp {
 /// the engine).
 pub(crate) enum RespOutput {
     Reply(Reply),
-    /// `bytes[start..end]` of the job's [`Outputs`](super::job::Outputs).
-    Encoded {
-        start: usize,
-        end: usize,
-    },
+    Encoded(Encoded),
 }
 
 impl From<Reply> for RespOutput {
@@ -152,7 +148,7 @@ impl Job for RespJob {
     fn output_len(output: &RespOutput) -> usize {
         match output {
             RespOutput::Reply(reply) => reply.encoded_len(),
-            RespOutput::Encoded { start, end } => end - start,
+            RespOutput::Encoded(encoded) => encoded.len(),
         }
     }
 
@@ -180,36 +176,19 @@ fn get<E: KvsEngine>(
     budget: usize,
     bytes: &mut Vec<u8>,
 ) -> RespOutput {
-    let start = bytes.len();
-    let mut fits = true;
-    // Only this call's reply may follow `start`, whatever the engine does
-    // (calls back twice, or fails after calling back).
-    let found = engine.get_with(key, &mut |value| {
-        bytes.truncate(start);
+    let found = encode_hit(engine, key, ctx, bytes, |value, out| {
         let len = bulk_len(value.len());
-        fits = len <= budget;
-        if fits {
-            reserve_reply(bytes, len);
-            put_bulk(bytes, value);
+        if len > budget {
+            return false;
         }
+        reserve_reply(out, len);
+        put_bulk(out, value);
+        true
     });
-    if found.is_err() {
-        bytes.truncate(start);
-    }
     match found {
-        Ok(hit) => {
-            ctx.stats
-                .counter(ctx.connection)
-                .lookups(u64::from(hit), u64::from(!hit));
-            match (hit, fits) {
-                (false, _) => Reply::nil().into(),
-                (true, true) => RespOutput::Encoded {
-                    start,
-                    end: bytes.len(),
-                },
-                (true, false) => command::over_budget(budget).into(),
-            }
-        }
+        Ok(Lookup::Miss) => Reply::nil().into(),
+        Ok(Lookup::Hit(encoded)) => RespOutput::Encoded(encoded),
+        Ok(Lookup::TooLarge) => command::over_budget(budget).into(),
         Err(e) => command::engine_error(&e).into(),
     }
 }
